@@ -1,0 +1,368 @@
+//! Incremental HTTP/1.1 request parser and response writer.
+//!
+//! The caller keeps the bytes it has received in one buffer and calls
+//! [`RequestParser::parse`] after each read with the whole buffer; the parser
+//! only scans the bytes it has not seen yet for the end of the head, then
+//! parses the head once into a [`Request`] that borrows the buffer. Bytes
+//! after the request (a first WebSocket frame sent in the same packet, a
+//! pipelined request) are left for the caller.
+
+use std::fmt::Write as _;
+
+use super::error::HttpError;
+
+/// Size limits for requests.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Largest request head (request line + headers + blank line); larger → 431.
+    pub max_head: usize,
+    /// Most header fields; more → 431.
+    pub max_headers: usize,
+    /// Largest `Content-Length` body; larger → 413.
+    pub max_body: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { max_head: 8 << 10, max_headers: 64, max_body: 1 << 20 }
+    }
+}
+
+/// One header field. The value has its surrounding whitespace trimmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The field name as sent (compare case-insensitively).
+    pub name: &'a str,
+    /// The raw value bytes.
+    pub value: &'a [u8],
+}
+
+/// A parsed request that borrows the receive buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The method, e.g. `GET`.
+    pub method: &'a str,
+    /// The request target as sent (origin form; an absolute-form target is reduced to it).
+    pub target: &'a str,
+    /// The path part of the target (before `?`).
+    pub path: &'a str,
+    /// The query part of the target (after `?`), if any.
+    pub query: Option<&'a str>,
+    /// The minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// The header fields in order.
+    pub headers: Vec<Header<'a>>,
+    /// The body (`Content-Length` bytes; empty when there is none).
+    pub body: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    /// The value of the first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    }
+
+    /// The value of header `name` as text, if present and valid UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&'a str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Whether any header named `name` holds `token` in its comma-separated
+    /// list (case-insensitive), e.g. `Connection: keep-alive, Upgrade`.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
+    }
+
+    /// Whether the client asked to keep the connection open after this request.
+    pub fn keep_alive(&self) -> bool {
+        if self.minor_version == 0 {
+            self.has_token("connection", "keep-alive")
+        } else {
+            !self.has_token("connection", "close")
+        }
+    }
+
+    /// The raw `name=value` pairs of the query string (not percent-decoded
+    /// beyond what [`percent_decode`] does when asked).
+    pub fn query_pairs(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+    }
+}
+
+/// The comma-separated, whitespace-trimmed, non-empty tokens of a header value.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
+}
+
+fn trim(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// Decode `%XX` escapes and `+` (as space) of a query component. Returns
+/// `None` for a bad escape or a result that is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hi = (hex[0] as char).to_digit(16)?;
+                let lo = (hex[1] as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Incremental request parser. Holds a few counters, no buffer.
+#[derive(Debug, Default, Clone)]
+pub struct RequestParser {
+    /// Bytes of the buffer already scanned for the end of the head.
+    scanned: usize,
+    /// Line-end state: 0 inside a line, 1 after LF, 2 after LF CR.
+    eol: u8,
+    /// Once the head is complete: its length and the body length.
+    framed: Option<(usize, usize)>,
+}
+
+impl RequestParser {
+    /// A parser at the start of a request.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forget the current request (after it was handled, before the next one).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Parse the request at the start of `buf` (all bytes received so far).
+    /// `Ok(None)`: need more bytes. `Ok(Some((request, n)))`: the request
+    /// occupies `buf[..n]`; bytes after it are not the request's.
+    pub fn parse<'b>(
+        &mut self,
+        limits: &HttpLimits,
+        buf: &'b [u8],
+    ) -> Result<Option<(Request<'b>, usize)>, HttpError> {
+        if self.framed.is_none() {
+            let Some(head_len) = self.scan(buf) else {
+                if buf.len() > limits.max_head {
+                    return Err(HttpError::HeadTooLarge);
+                }
+                return Ok(None);
+            };
+            if head_len > limits.max_head {
+                return Err(HttpError::HeadTooLarge);
+            }
+            let req = parse_head(limits, &buf[..head_len])?;
+            let body_len = content_length(&req, limits)?;
+            self.framed = Some((head_len, body_len));
+        }
+        let Some((head_len, body_len)) = self.framed else {
+            return Ok(None);
+        };
+        let total = head_len + body_len;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let mut req = parse_head(limits, &buf[..head_len])?;
+        req.body = &buf[head_len..total];
+        Ok(Some((req, total)))
+    }
+
+    /// Scan new bytes for the blank line ending the head; returns the head length.
+    fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+        let start = self.scanned.min(buf.len());
+        for (i, &b) in buf[start..].iter().enumerate() {
+            match (b, self.eol) {
+                (b'\n', 1 | 2) => {
+                    self.scanned = start + i + 1;
+                    return Some(self.scanned);
+                }
+                (b'\n', _) => self.eol = 1,
+                (b'\r', 1) => self.eol = 2,
+                (b'\r', 0) => {}
+                _ => self.eol = 0,
+            }
+        }
+        self.scanned = buf.len();
+        None
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Parse a complete head (ending with the blank line).
+fn parse_head<'b>(limits: &HttpLimits, head: &'b [u8]) -> Result<Request<'b>, HttpError> {
+    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let line = lines.next().ok_or(HttpError::BadRequestLine)?;
+    let line = std::str::from_utf8(line).map_err(|_| HttpError::BadRequestLine)?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HttpError::BadRequestLine);
+    };
+    if method.is_empty() || !method.bytes().all(is_tchar) {
+        return Err(HttpError::BadRequestLine);
+    }
+    let minor_version = match version {
+        "HTTP/1.1" => 1,
+        "HTTP/1.0" => 0,
+        v if v.len() == 8 && v.starts_with("HTTP/") && v.as_bytes()[6] == b'.' => {
+            return Err(HttpError::UnsupportedHttpVersion)
+        }
+        _ => return Err(HttpError::BadRequestLine),
+    };
+    let target = origin_form(target)?;
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+
+    let mut headers = Vec::with_capacity(16);
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            // Obsolete line folding (RFC 7230 §3.2.4): reject.
+            return Err(HttpError::BadHeader);
+        }
+        let colon = line.iter().position(|&b| b == b':').ok_or(HttpError::BadHeader)?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(HttpError::BadHeader);
+        }
+        if value.iter().any(|&b| b == b'\r' || b == 0) {
+            return Err(HttpError::BadHeader);
+        }
+        if headers.len() == limits.max_headers {
+            return Err(HttpError::TooManyHeaders);
+        }
+        // Token characters are ASCII, so this cannot fail.
+        let name = std::str::from_utf8(name).map_err(|_| HttpError::BadHeader)?;
+        headers.push(Header { name, value: trim(value) });
+    }
+    Ok(Request { method, target, path, query, minor_version, headers, body: &[] })
+}
+
+/// Reduce a request target to origin form (`/path?query`).
+fn origin_form(target: &str) -> Result<&str, HttpError> {
+    if target.starts_with('/') || target == "*" {
+        return Ok(target);
+    }
+    for scheme in ["http://", "https://", "ws://", "wss://"] {
+        if target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = &target[scheme.len()..];
+            return Ok(rest.find('/').map(|i| &rest[i..]).unwrap_or("/"));
+        }
+    }
+    Err(HttpError::BadRequestLine)
+}
+
+/// The body length announced by the request, checked against the limit.
+fn content_length(req: &Request<'_>, limits: &HttpLimits) -> Result<usize, HttpError> {
+    if req.header("transfer-encoding").is_some() {
+        return Err(HttpError::TransferEncodingNotSupported);
+    }
+    let mut len: Option<u64> = None;
+    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
+        if h.value.is_empty() || h.value.len() > 19 || !h.value.iter().all(u8::is_ascii_digit) {
+            return Err(HttpError::BadContentLength);
+        }
+        let v = h.value.iter().fold(0u64, |acc, &d| acc * 10 + (d - b'0') as u64);
+        if len.is_some_and(|l| l != v) {
+            return Err(HttpError::BadContentLength);
+        }
+        len = Some(v);
+    }
+    let len = len.unwrap_or(0);
+    if len > limits.max_body as u64 {
+        return Err(HttpError::BodyTooLarge);
+    }
+    Ok(len as usize)
+}
+
+/// The reason phrase for the statuses this server sends.
+pub fn status_text(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Append a complete HTTP/1.1 response. `extra_headers` are whole header
+/// lines, each ending in CRLF. With `close`, the response carries
+/// `Connection: close`.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    extra_headers: &str,
+    body: &[u8],
+    close: bool,
+) {
+    let mut head = String::with_capacity(128 + extra_headers.len());
+    let _ = write!(
+        head,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        status_text(status),
+        body.len()
+    );
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str(extra_headers);
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body);
+}
