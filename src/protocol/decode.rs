@@ -55,7 +55,10 @@ impl Default for DecoderConfig {
 impl DecoderConfig {
     /// Defaults for the given role.
     pub fn for_role(role: Role) -> Self {
-        DecoderConfig { role, ..Default::default() }
+        DecoderConfig {
+            role,
+            ..Default::default()
+        }
     }
 }
 
@@ -149,7 +152,10 @@ impl Decoder {
         let mut pos = 0usize;
         loop {
             if pos == input.len() {
-                return Ok(Decoded { consumed: pos, message: None });
+                return Ok(Decoded {
+                    consumed: pos,
+                    message: None,
+                });
             }
             if self.in_payload {
                 let avail = input.len() - pos;
@@ -171,11 +177,17 @@ impl Decoder {
                 self.in_payload = false;
                 if let Some(op) = self.frame_control {
                     let message = control_message(op, &self.ctrl)?;
-                    return Ok(Decoded { consumed: pos, message: Some(message) });
+                    return Ok(Decoded {
+                        consumed: pos,
+                        message: Some(message),
+                    });
                 }
                 if self.frame_fin {
                     let message = self.finish_assembled()?;
-                    return Ok(Decoded { consumed: pos, message: Some(message) });
+                    return Ok(Decoded {
+                        consumed: pos,
+                        message: Some(message),
+                    });
                 }
                 continue;
             }
@@ -188,7 +200,10 @@ impl Decoder {
                     None => {
                         self.hdr[..avail.len()].copy_from_slice(avail);
                         self.hdr_len = avail.len() as u8;
-                        return Ok(Decoded { consumed: input.len(), message: None });
+                        return Ok(Decoded {
+                            consumed: input.len(),
+                            message: None,
+                        });
                     }
                 }
             } else {
@@ -202,7 +217,10 @@ impl Decoder {
                     }
                     None => {
                         self.hdr_len = (have + take) as u8;
-                        return Ok(Decoded { consumed: input.len(), message: None });
+                        return Ok(Decoded {
+                            consumed: input.len(),
+                            message: None,
+                        });
                     }
                 }
             };
@@ -217,9 +235,15 @@ impl Decoder {
                 self.frame_fin = h.fin;
                 self.mask = h.mask;
                 self.mask_pos = 0;
-                self.frame_control = if h.opcode.is_control() { Some(h.opcode) } else { None };
+                self.frame_control = if h.opcode.is_control() {
+                    Some(h.opcode)
+                } else {
+                    None
+                };
                 if h.opcode.is_control() {
                     self.ctrl.clear();
+                    // At most 125 bytes (checked by the header parser).
+                    self.ctrl.reserve_exact(h.len as usize);
                 }
                 continue;
             }
@@ -233,7 +257,10 @@ impl Decoder {
             if h.opcode.is_control() {
                 let input: &'a [u8] = input;
                 let message = control_message(h.opcode, &input[start..pos])?;
-                return Ok(Decoded { consumed: pos, message: Some(message) });
+                return Ok(Decoded {
+                    consumed: pos,
+                    message: Some(message),
+                });
             }
             if h.fin && h.opcode != OpCode::Continuation {
                 // A whole single-frame message: hand out the input itself.
@@ -241,16 +268,24 @@ impl Decoder {
                 let input: &'a [u8] = input;
                 let payload = &input[start..pos];
                 let message = if h.opcode == OpCode::Text {
-                    Message::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?)
+                    Message::Text(
+                        std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
+                    )
                 } else {
                     Message::Binary(payload)
                 };
-                return Ok(Decoded { consumed: pos, message: Some(message) });
+                return Ok(Decoded {
+                    consumed: pos,
+                    message: Some(message),
+                });
             }
             self.append_data(&input[start..pos])?;
             if h.fin {
                 let message = self.finish_assembled()?;
-                return Ok(Decoded { consumed: pos, message: Some(message) });
+                return Ok(Decoded {
+                    consumed: pos,
+                    message: Some(message),
+                });
             }
         }
     }
@@ -282,7 +317,10 @@ impl Decoder {
             self.utf8.reset();
             self.buf.clear();
         }
-        self.msg_len = self.msg_len.checked_add(h.len).ok_or(ProtocolError::MessageTooLarge)?;
+        self.msg_len = self
+            .msg_len
+            .checked_add(h.len)
+            .ok_or(ProtocolError::MessageTooLarge)?;
         if self.msg_len > cfg.max_message_size {
             return Err(ProtocolError::MessageTooLarge);
         }
@@ -292,7 +330,24 @@ impl Decoder {
     /// Append unmasked payload of the current data message, validating text.
     fn append_data(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
         if self.msg == Some(OpCode::Text) {
-            self.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
+            self.utf8
+                .feed(chunk)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        let need = self.buf.len().saturating_add(chunk.len());
+        if need > self.buf.capacity() {
+            // Grow geometrically, but never past the length the message has
+            // announced so far (itself within the configured limit), so the
+            // buffer cannot exceed `max_message_size` the way doubling could.
+            let announced = usize::try_from(self.msg_len).unwrap_or(usize::MAX);
+            let cap = self
+                .buf
+                .capacity()
+                .saturating_mul(2)
+                .max(64)
+                .min(announced)
+                .max(need);
+            self.buf.reserve_exact(cap - self.buf.len());
         }
         self.buf.extend_from_slice(chunk);
         Ok(())
