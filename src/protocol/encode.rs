@@ -22,7 +22,13 @@ pub fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 /// `len` payload bytes after it.
 #[inline]
 pub fn frame_header_into(out: &mut Vec<u8>, fin: bool, opcode: OpCode, len: usize) {
-    let h = FrameHeader { fin, rsv: 0, opcode, mask: None, len: len as u64 };
+    let h = FrameHeader {
+        fin,
+        rsv: 0,
+        opcode,
+        mask: None,
+        len: len as u64,
+    };
     let mut hb = [0u8; MAX_HEADER_LEN];
     let n = h.write(&mut hb);
     out.extend_from_slice(&hb[..n]);
@@ -51,8 +57,20 @@ pub fn close_into(out: &mut Vec<u8>, code: Option<u16>, reason: &str) {
 }
 
 /// Append one masked frame (client role) with the given FIN bit and key.
-pub fn masked_frame_into(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
-    let h = FrameHeader { fin, rsv: 0, opcode, mask: Some(key), len: payload.len() as u64 };
+pub fn masked_frame_into(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: OpCode,
+    payload: &[u8],
+    key: [u8; 4],
+) {
+    let h = FrameHeader {
+        fin,
+        rsv: 0,
+        opcode,
+        mask: Some(key),
+        len: payload.len() as u64,
+    };
     let mut hb = [0u8; MAX_HEADER_LEN];
     let n = h.write(&mut hb);
     out.extend_from_slice(&hb[..n]);
@@ -76,7 +94,13 @@ mod tests {
 
     #[test]
     fn length_encodings_are_minimal() {
-        for (len, hdr) in [(0usize, 2usize), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+        for (len, hdr) in [
+            (0usize, 2usize),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+        ] {
             let mut out = Vec::new();
             frame_into(&mut out, OpCode::Binary, &vec![7u8; len]);
             assert_eq!(out.len(), hdr + len, "len {len}");
@@ -90,8 +114,17 @@ mod tests {
         frame_into(&mut out, OpCode::Text, b"Hello");
         assert_eq!(out, [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
         let mut out = Vec::new();
-        masked_frame_into(&mut out, true, OpCode::Text, b"Hello", [0x37, 0xfa, 0x21, 0x3d]);
-        assert_eq!(out, [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+        masked_frame_into(
+            &mut out,
+            true,
+            OpCode::Text,
+            b"Hello",
+            [0x37, 0xfa, 0x21, 0x3d],
+        );
+        assert_eq!(
+            out,
+            [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
+        );
     }
 
     #[test]

@@ -54,8 +54,14 @@ impl HttpError {
             MethodNotAllowed => 405,
             UnsupportedWebSocketVersion => 426,
             OriginNotAllowed => 403,
-            BadRequestLine | BadHeader | BadContentLength | UpgradeRequiresHttp11 | MissingHost
-            | NotWebSocketUpgrade | MissingConnectionUpgrade | BadKey => 400,
+            BadRequestLine
+            | BadHeader
+            | BadContentLength
+            | UpgradeRequiresHttp11
+            | MissingHost
+            | NotWebSocketUpgrade
+            | MissingConnectionUpgrade
+            | BadKey => 400,
         }
     }
 
@@ -70,7 +76,9 @@ impl HttpError {
             BadHeader => "malformed header field",
             UnsupportedHttpVersion => "HTTP version not supported",
             BadContentLength => "invalid Content-Length",
-            TransferEncodingNotSupported => "Transfer-Encoding is not supported; send Content-Length",
+            TransferEncodingNotSupported => {
+                "Transfer-Encoding is not supported; send Content-Length"
+            }
             MethodNotAllowed => "WebSocket upgrade requires GET",
             UpgradeRequiresHttp11 => "WebSocket upgrade requires HTTP/1.1",
             MissingHost => "missing Host header",

@@ -66,7 +66,10 @@ impl FrameHeader {
     /// Errors that the first one or two bytes already show (reserved opcode,
     /// RSV bits not in `allowed_rsv`, bad control frames) are reported as soon
     /// as those bytes are present. Returns the header and its length in bytes.
-    pub fn parse(buf: &[u8], allowed_rsv: u8) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+    pub fn parse(
+        buf: &[u8],
+        allowed_rsv: u8,
+    ) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
         let Some(&b0) = buf.first() else {
             return Ok(None);
         };
@@ -117,7 +120,16 @@ impl FrameHeader {
         } else {
             None
         };
-        Ok(Some((FrameHeader { fin, rsv, opcode, mask, len }, pos)))
+        Ok(Some((
+            FrameHeader {
+                fin,
+                rsv,
+                opcode,
+                mask,
+                len,
+            },
+            pos,
+        )))
     }
 
     /// Write this header into `out`; returns the number of bytes written

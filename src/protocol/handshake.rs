@@ -49,7 +49,10 @@ pub fn is_upgrade(req: &Request<'_>) -> bool {
 }
 
 /// Validate an upgrade request and choose the subprotocol.
-pub fn validate<'c>(req: &Request<'_>, cfg: &'c HandshakeConfig) -> Result<Accepted<'c>, HttpError> {
+pub fn validate<'c>(
+    req: &Request<'_>,
+    cfg: &'c HandshakeConfig,
+) -> Result<Accepted<'c>, HttpError> {
     if req.method != "GET" {
         return Err(HttpError::MethodNotAllowed);
     }
@@ -76,12 +79,19 @@ pub fn validate<'c>(req: &Request<'_>, cfg: &'c HandshakeConfig) -> Result<Accep
     }
     if !cfg.origins.is_empty() {
         if let Some(origin) = req.header("origin") {
-            if !cfg.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin)) {
+            if !cfg
+                .origins
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin))
+            {
                 return Err(HttpError::OriginNotAllowed);
             }
         }
     }
-    Ok(Accepted { accept: accept_key(key), protocol: choose_protocol(req, cfg) })
+    Ok(Accepted {
+        accept: accept_key(key),
+        protocol: choose_protocol(req, cfg),
+    })
 }
 
 /// The first of the server's protocols (in its preference order) that the
@@ -93,7 +103,10 @@ fn choose_protocol<'c>(req: &Request<'_>, cfg: &'c HandshakeConfig) -> Option<&'
             .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
             .flat_map(|h| tokens(h.value))
     };
-    cfg.protocols.iter().map(String::as_str).find(|p| offered().any(|o| o == p.as_bytes()))
+    cfg.protocols
+        .iter()
+        .map(String::as_str)
+        .find(|p| offered().any(|o| o == p.as_bytes()))
 }
 
 /// Append the `101 Switching Protocols` response for an accepted upgrade.
@@ -117,7 +130,13 @@ mod tests {
 
     #[test]
     fn seed_and_rfc_accept_keys() {
-        assert_eq!(&accept_key(b"x3JJHMbDL1EzLkh9GBhXDw=="), b"HSmrc0sMlYUkAGmm5OPpG2HaGWk=");
-        assert_eq!(&accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            &accept_key(b"x3JJHMbDL1EzLkh9GBhXDw=="),
+            b"HSmrc0sMlYUkAGmm5OPpG2HaGWk="
+        );
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

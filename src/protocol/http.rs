@@ -24,7 +24,11 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits { max_head: 8 << 10, max_headers: 64, max_body: 1 << 20 }
+        HttpLimits {
+            max_head: 8 << 10,
+            max_headers: 64,
+            max_body: 1 << 20,
+        }
     }
 }
 
@@ -59,7 +63,10 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     /// The value of the first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
     }
 
     /// The value of header `name` as text, if present and valid UTF-8.
@@ -98,7 +105,10 @@ impl<'a> Request<'a> {
 
 /// The comma-separated, whitespace-trimmed, non-empty tokens of a header value.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .filter(|t| !t.is_empty())
 }
 
 fn trim(mut v: &[u8]) -> &[u8] {
@@ -179,19 +189,26 @@ impl RequestParser {
             if head_len > limits.max_head {
                 return Err(HttpError::HeadTooLarge);
             }
-            let req = parse_head(limits, &buf[..head_len])?;
+            let mut req = parse_head(limits, &buf[..head_len])?;
             let body_len = content_length(&req, limits)?;
             self.framed = Some((head_len, body_len));
+            // Usual case: the whole request is already here; do not parse the head twice.
+            let total = head_len.saturating_add(body_len);
+            if let Some(body) = buf.get(head_len..total) {
+                req.body = body;
+                return Ok(Some((req, total)));
+            }
+            return Ok(None);
         }
         let Some((head_len, body_len)) = self.framed else {
             return Ok(None);
         };
-        let total = head_len + body_len;
-        if buf.len() < total {
+        let total = head_len.saturating_add(body_len);
+        let Some(body) = buf.get(head_len..total) else {
             return Ok(None);
-        }
+        };
         let mut req = parse_head(limits, &buf[..head_len])?;
-        req.body = &buf[head_len..total];
+        req.body = body;
         Ok(Some((req, total)))
     }
 
@@ -221,7 +238,9 @@ fn is_tchar(b: u8) -> bool {
 
 /// Parse a complete head (ending with the blank line).
 fn parse_head<'b>(limits: &HttpLimits, head: &'b [u8]) -> Result<Request<'b>, HttpError> {
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let line = lines.next().ok_or(HttpError::BadRequestLine)?;
     let line = std::str::from_utf8(line).map_err(|_| HttpError::BadRequestLine)?;
     let mut parts = line.split(' ');
@@ -256,7 +275,10 @@ fn parse_head<'b>(limits: &HttpLimits, head: &'b [u8]) -> Result<Request<'b>, Ht
             // Obsolete line folding (RFC 7230 §3.2.4): reject.
             return Err(HttpError::BadHeader);
         }
-        let colon = line.iter().position(|&b| b == b':').ok_or(HttpError::BadHeader)?;
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(HttpError::BadHeader)?;
         let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
             return Err(HttpError::BadHeader);
@@ -269,9 +291,20 @@ fn parse_head<'b>(limits: &HttpLimits, head: &'b [u8]) -> Result<Request<'b>, Ht
         }
         // Token characters are ASCII, so this cannot fail.
         let name = std::str::from_utf8(name).map_err(|_| HttpError::BadHeader)?;
-        headers.push(Header { name, value: trim(value) });
+        headers.push(Header {
+            name,
+            value: trim(value),
+        });
     }
-    Ok(Request { method, target, path, query, minor_version, headers, body: &[] })
+    Ok(Request {
+        method,
+        target,
+        path,
+        query,
+        minor_version,
+        headers,
+        body: &[],
+    })
 }
 
 /// Reduce a request target to origin form (`/path?query`).
@@ -280,7 +313,10 @@ fn origin_form(target: &str) -> Result<&str, HttpError> {
         return Ok(target);
     }
     for scheme in ["http://", "https://", "ws://", "wss://"] {
-        if target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // `get` rather than indexing: a non-ASCII target may have no char
+        // boundary at `scheme.len()`, and slicing there would panic.
+        let prefix = target.get(..scheme.len());
+        if target.len() > scheme.len() && prefix.is_some_and(|p| p.eq_ignore_ascii_case(scheme)) {
             let rest = &target[scheme.len()..];
             return Ok(rest.find('/').map(|i| &rest[i..]).unwrap_or("/"));
         }
@@ -294,11 +330,18 @@ fn content_length(req: &Request<'_>, limits: &HttpLimits) -> Result<usize, HttpE
         return Err(HttpError::TransferEncodingNotSupported);
     }
     let mut len: Option<u64> = None;
-    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
+    for h in req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
         if h.value.is_empty() || h.value.len() > 19 || !h.value.iter().all(u8::is_ascii_digit) {
             return Err(HttpError::BadContentLength);
         }
-        let v = h.value.iter().fold(0u64, |acc, &d| acc * 10 + (d - b'0') as u64);
+        let v = h
+            .value
+            .iter()
+            .fold(0u64, |acc, &d| acc * 10 + (d - b'0') as u64);
         if len.is_some_and(|l| l != v) {
             return Err(HttpError::BadContentLength);
         }

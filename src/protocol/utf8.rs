@@ -30,7 +30,10 @@ fn width(lead: u8) -> usize {
 impl Utf8Validator {
     /// A validator at the start of a message.
     pub const fn new() -> Self {
-        Utf8Validator { pending: [0; 4], len: 0 }
+        Utf8Validator {
+            pending: [0; 4],
+            len: 0,
+        }
     }
 
     /// Whether a code point is split at the current position.
@@ -111,7 +114,9 @@ mod tests {
     #[test]
     fn valid_and_invalid_in_every_split() {
         assert!(check_all_splits("κόσμε €𝄞 a".as_bytes()));
-        assert!(!check_all_splits(b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"));
+        assert!(!check_all_splits(
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"
+        ));
         assert!(!check_all_splits(b"ab\xf4\x90\x80\x80"));
         assert!(!check_all_splits(b"\xc0\xaf"));
         assert!(!check_all_splits(b"abc\xe2\x82"));
