@@ -1,0 +1,62 @@
+//! Server configuration: every limit and timeout, with its default.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::protocol::decode::DEFAULT_MAX_MESSAGE;
+use crate::protocol::{HandshakeConfig, HttpLimits};
+
+/// Limits and timeouts of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening address. Default `127.0.0.1:9001`.
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per CPU. Default 0.
+    pub workers: usize,
+    /// Most simultaneous connections (all workers); beyond it new
+    /// connections get HTTP 503. Default 100,000.
+    pub max_connections: usize,
+    /// Largest message (and frame) a client may send; larger → close 1009.
+    /// Default 16 MiB.
+    pub max_message_size: usize,
+    /// Unsent bytes a connection may have queued behind the message being
+    /// written; more makes it a slow consumer, which is closed. Default 1 MiB.
+    pub max_buffered: usize,
+    /// Time a connection may take to send a complete request head. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Time to wait for the peer's close frame after ours. Default 5 s.
+    pub close_timeout: Duration,
+    /// Time to let clients go after shutdown begins. Default 10 s.
+    pub drain_timeout: Duration,
+    /// Subprotocols and origin allowlist for the upgrade.
+    pub handshake: HandshakeConfig,
+    /// HTTP request limits (head size, header count, body size).
+    pub http: HttpLimits,
+    /// Give each worker its own SO_REUSEPORT listener (default). When false,
+    /// or when the platform refuses it, worker 0 accepts for all workers.
+    pub reuse_port: bool,
+    /// Listen backlog. Default 4096.
+    pub backlog: i32,
+    /// Size of each worker's read buffer. Default 64 KiB.
+    pub read_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9001)),
+            workers: 0,
+            max_connections: 100_000,
+            max_message_size: DEFAULT_MAX_MESSAGE as usize,
+            max_buffered: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            handshake: HandshakeConfig::default(),
+            http: HttpLimits::default(),
+            reuse_port: true,
+            backlog: 4096,
+            read_buffer: 64 << 10,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! One connection's state inside a worker.
+
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use super::handler::CloseReason;
+use super::outbuf::OutQueue;
+use super::topics::Sub;
+use crate::protocol::{Decoder, RequestParser};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading an HTTP request (an upgrade, or plain requests on keep-alive).
+    Http,
+    /// An open WebSocket.
+    Open,
+    /// We sent a close frame and wait for the peer's (up to the close timeout).
+    Closing,
+    /// Our last bytes are queued or sent; after the flush we shut down our
+    /// side and discard input until the peer closes (or the close timeout).
+    Lingering,
+    /// Gone: waiting to be removed at the end of the turn.
+    Dead,
+}
+
+/// Bytes and parser state while the connection speaks HTTP; dropped on upgrade.
+#[derive(Debug)]
+pub(crate) struct HttpState {
+    pub parser: RequestParser,
+    pub buf: Vec<u8>,
+    /// The current request head must be complete by then.
+    pub deadline: Instant,
+}
+
+/// Flag: queued output waits for the end-of-turn flush.
+pub(crate) const DIRTY: u8 = 1;
+/// Flag: registered for WRITABLE (only while output is pending).
+pub(crate) const WRITE_INTEREST: u8 = 2;
+/// Flag: after the flush, shut down our side and linger.
+pub(crate) const CLOSE_AFTER_FLUSH: u8 = 4;
+/// Flag: over `max_buffered`; to be closed as a slow consumer.
+pub(crate) const SLOW: u8 = 8;
+/// Flag: the handler holds state for it (it was upgraded).
+pub(crate) const UPGRADED: u8 = 16;
+/// Flag: counted against `max_connections`.
+pub(crate) const COUNTED: u8 = 32;
+
+/// A connection owned by a worker's slab.
+pub(crate) struct Conn {
+    pub stream: TcpStream,
+    pub generation: u32,
+    pub phase: Phase,
+    pub flags: u8,
+    pub close_reason: Option<CloseReason>,
+    pub decoder: Decoder,
+    pub out: OutQueue,
+    pub http: Option<Box<HttpState>>,
+    pub subs: Vec<Sub>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, generation: u32) -> Self {
+        Conn {
+            stream,
+            generation,
+            phase: Phase::Http,
+            flags: 0,
+            close_reason: None,
+            decoder: Decoder::new(),
+            out: OutQueue::default(),
+            http: None,
+            subs: Vec::new(),
+        }
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}

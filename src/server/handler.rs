@@ -1,0 +1,195 @@
+//! The [`Handler`] trait an application implements, and the [`Context`]
+//! its callbacks use to act.
+
+use std::net::SocketAddr;
+
+use super::hub::{ConnId, Frame, Handle};
+use super::response::Response;
+use super::worker::Core;
+use crate::protocol::{Message, ProtocolError, Request};
+
+/// Why a WebSocket connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close frame (its code, if any).
+    Client(Option<u16>),
+    /// The server closed it (application, API or [`Handle::close`]).
+    Server(u16),
+    /// The client broke the protocol; this close code was sent.
+    Protocol(ProtocolError),
+    /// The client did not read fast enough (over `max_buffered`).
+    SlowConsumer,
+    /// Silent past the idle timeout.
+    IdleTimeout,
+    /// The server is shutting down (1001 was sent).
+    Shutdown,
+    /// The TCP connection ended without a close handshake.
+    Abnormal,
+}
+
+/// What a callback knows about its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo<'a> {
+    /// The connection's id.
+    pub id: ConnId,
+    /// The peer's address, if the socket still knows it.
+    pub peer: Option<SocketAddr>,
+    /// The subprotocol chosen in the handshake.
+    pub protocol: Option<&'a str>,
+}
+
+/// An application running inside the workers. One instance per worker; its
+/// callbacks run on that worker's thread and must not block.
+///
+/// Defaults: plain HTTP requests get 404; `on_open`, `on_message` and
+/// `on_close` do nothing.
+pub trait Handler: Send + 'static {
+    /// Per-connection state, created by [`Handler::on_upgrade`].
+    type Conn: Send + 'static;
+
+    /// A valid WebSocket upgrade request (RFC 6455 checks already passed):
+    /// accept it with the connection's state, or refuse it with a response
+    /// (e.g. 401, 404).
+    fn on_upgrade(
+        &mut self,
+        req: &Request<'_>,
+        info: &ConnInfo<'_>,
+        ctx: &mut Context<'_>,
+    ) -> Result<Self::Conn, Response>;
+
+    /// A plain HTTP request (not an upgrade). Default: 404.
+    fn on_http(
+        &mut self,
+        req: &Request<'_>,
+        info: &ConnInfo<'_>,
+        ctx: &mut Context<'_>,
+    ) -> Response {
+        let _ = (req, info, ctx);
+        Response::not_found()
+    }
+
+    /// The connection is open (the 101 answer is queued).
+    fn on_open(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
+        let _ = (conn, ctx);
+    }
+
+    /// A complete text or binary message.
+    fn on_message(&mut self, conn: &mut Self::Conn, msg: Message<'_>, ctx: &mut Context<'_>) {
+        let _ = (conn, msg, ctx);
+    }
+
+    /// The connection has ended; it can no longer be sent to.
+    fn on_close(&mut self, conn: &mut Self::Conn, reason: CloseReason, ctx: &mut Context<'_>) {
+        let _ = (conn, reason, ctx);
+    }
+}
+
+/// What a callback can do: send to its own connection or any other,
+/// broadcast, publish, subscribe, close.
+pub struct Context<'a> {
+    pub(crate) core: &'a mut Core,
+    pub(crate) key: usize,
+    pub(crate) id: ConnId,
+}
+
+impl Context<'_> {
+    /// The id of the connection this callback is about.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The index of the worker running this callback.
+    pub fn worker(&self) -> usize {
+        self.core.index
+    }
+
+    /// A handle to the whole server.
+    pub fn handle(&self) -> &Handle {
+        &self.core.handle
+    }
+
+    /// Send a text message to this connection.
+    pub fn send_text(&mut self, text: &str) {
+        self.core
+            .queue_owned(self.key, crate::protocol::OpCode::Text, text.as_bytes());
+    }
+
+    /// Send a binary message to this connection.
+    pub fn send_binary(&mut self, data: &[u8]) {
+        self.core
+            .queue_owned(self.key, crate::protocol::OpCode::Binary, data);
+    }
+
+    /// Send an encoded frame to this connection.
+    pub fn send(&mut self, frame: &Frame) {
+        let shared = std::rc::Rc::new(frame.clone().into_shared());
+        self.core.queue_shared(self.key, &shared);
+    }
+
+    /// Send an encoded frame to any connection (this worker's directly, other
+    /// workers' through the hub).
+    pub fn send_to(&mut self, id: ConnId, frame: Frame) {
+        if id.worker() == self.core.index {
+            if let Some(key) = self.core.lookup(id) {
+                let shared = std::rc::Rc::new(frame.into_shared());
+                self.core.queue_shared(key, &shared);
+            }
+        } else {
+            self.core.handle.send(id, frame);
+        }
+    }
+
+    /// Send `frame` to every open connection of every worker.
+    pub fn broadcast(&mut self, frame: Frame) {
+        self.core.handle.broadcast(frame);
+    }
+
+    /// Send `frame` to every subscriber of `topic` on every worker.
+    pub fn publish(&mut self, topic: &str, frame: Frame) {
+        self.core.handle.publish(topic, frame);
+    }
+
+    /// Subscribe this connection to `topic`. False if it already was, or is
+    /// not an open WebSocket.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.core.subscribe(self.key, topic)
+    }
+
+    /// Unsubscribe this connection from `topic`. False if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.core.unsubscribe(self.key, topic)
+    }
+
+    /// Number of topics this connection is subscribed to.
+    pub fn subscriptions(&self) -> usize {
+        self.core.subscription_count(self.key)
+    }
+
+    /// Number of subscribers of `topic` on this worker.
+    pub fn local_subscribers(&self, topic: &str) -> usize {
+        self.core.topics.subscriber_count(topic)
+    }
+
+    /// Bytes queued for this connection and not yet written.
+    pub fn buffered_amount(&self) -> usize {
+        self.core.buffered(self.key)
+    }
+
+    /// Close this connection with `code` and `reason` (a close handshake).
+    pub fn close(&mut self, code: u16, reason: &str) {
+        self.core
+            .close_conn(self.key, code, reason, CloseReason::Server(code));
+    }
+
+    /// Close another connection (through the hub when it is on another worker).
+    pub fn close_other(&mut self, id: ConnId, code: u16, reason: &str) {
+        if id.worker() == self.core.index {
+            if let Some(key) = self.core.lookup(id) {
+                self.core
+                    .close_conn(key, code, reason, CloseReason::Server(code));
+            }
+        } else {
+            self.core.handle.close(id, code, reason);
+        }
+    }
+}

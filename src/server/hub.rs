@@ -1,0 +1,458 @@
+//! The fan-out hub: how any thread reaches the workers.
+//!
+//! A [`Frame`] is encoded once; broadcasting or publishing it sends the same
+//! bytes over each worker's `crossbeam-channel` and wakes the worker's poll
+//! only if it is not already awake. Publications pass a lock while they are
+//! handed to the workers, so every worker (and every subscriber) sees them in
+//! one global order.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::protocol::encode;
+use crate::protocol::OpCode;
+
+/// Most workers a server can have (the worker index takes 8 bits of a [`ConnId`]).
+pub const MAX_WORKERS: usize = 256;
+
+/// A connection's id, unique across workers: worker index, slab key and a
+/// per-worker generation. An id of a closed connection never matches a
+/// later connection that reuses its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    pub(crate) fn new(worker: usize, key: usize, generation: u32) -> Self {
+        ConnId(((worker as u64) << 56) | (((key as u64) & 0xff_ffff) << 32) | generation as u64)
+    }
+
+    /// The index of the worker that owns the connection.
+    pub fn worker(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+
+    pub(crate) fn key(self) -> usize {
+        ((self.0 >> 32) & 0xff_ffff) as usize
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The id as a number (stable for the life of the connection).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// An id from [`ConnId::as_u64`].
+    pub fn from_u64(v: u64) -> Self {
+        ConnId(v)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A complete WebSocket frame, encoded once and shared by reference count
+/// with every connection that queues it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame(Arc<[u8]>);
+
+impl Frame {
+    /// A text message frame.
+    pub fn text(text: &str) -> Frame {
+        Frame(encode::shared(OpCode::Text, text.as_bytes()))
+    }
+
+    /// A binary message frame.
+    pub fn binary(data: &[u8]) -> Frame {
+        Frame(encode::shared(OpCode::Binary, data))
+    }
+
+    /// A frame with the given opcode and payload.
+    pub fn new(opcode: OpCode, payload: &[u8]) -> Frame {
+        Frame(encode::shared(opcode, payload))
+    }
+
+    /// Wrap bytes that already hold one or more complete, unmasked frames.
+    pub fn from_encoded(bytes: Arc<[u8]>) -> Frame {
+        Frame(bytes)
+    }
+
+    /// The encoded bytes (header and payload).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length of the encoded bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the frame has no bytes (never true for a real frame).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn into_shared(self) -> Arc<[u8]> {
+        self.0
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Frame({} bytes)", self.0.len())
+    }
+}
+
+/// What a worker is asked to do from outside its loop.
+pub(crate) enum Command {
+    /// Queue on every open connection.
+    Broadcast(Frame),
+    /// Queue on every subscriber of the topic.
+    Publish(Arc<str>, Frame),
+    /// Queue on one connection.
+    Send(ConnId, Frame),
+    /// Close one connection with a code and reason.
+    Close(ConnId, u16, Arc<str>),
+    /// Take over a connection accepted by another worker.
+    Adopt(std::net::TcpStream),
+    /// Begin the graceful shutdown.
+    Shutdown,
+}
+
+struct Link {
+    tx: Sender<Command>,
+    waker: Arc<mio::Waker>,
+    notified: AtomicBool,
+}
+
+/// The worker's side of its link: its poll, receiver and wake flag.
+pub(crate) struct WorkerPart {
+    pub poll: mio::Poll,
+    pub rx: Receiver<Command>,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Token of the waker in every worker's poll.
+pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX - 1);
+
+thread_local! {
+    /// The worker index of the current thread, if it runs a worker loop.
+    static CURRENT_WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Mark the current thread as running worker `index` (its own posts need no wake).
+pub(crate) fn set_current_worker(index: usize) {
+    CURRENT_WORKER.with(|c| c.set(index));
+}
+
+pub(crate) struct Hub {
+    links: Vec<Link>,
+    order: Mutex<()>,
+    /// Connections counted against `max_connections`, all workers.
+    pub open: AtomicUsize,
+    pub stopping: AtomicBool,
+    pub stats: Vec<Arc<WorkerStats>>,
+    pub started: Instant,
+}
+
+impl Hub {
+    /// A hub for `n` workers, and each worker's part of it.
+    pub fn new(n: usize) -> std::io::Result<(Arc<Hub>, Vec<WorkerPart>)> {
+        let mut links = Vec::with_capacity(n);
+        let mut parts = Vec::with_capacity(n);
+        let mut stats = Vec::with_capacity(n);
+        for _ in 0..n {
+            let poll = mio::Poll::new()?;
+            let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let s = Arc::new(WorkerStats::default());
+            links.push(Link {
+                tx,
+                waker,
+                notified: AtomicBool::new(false),
+            });
+            stats.push(s.clone());
+            parts.push(WorkerPart { poll, rx, stats: s });
+        }
+        let hub = Hub {
+            links,
+            order: Mutex::new(()),
+            open: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            stats,
+            started: Instant::now(),
+        };
+        Ok((Arc::new(hub), parts))
+    }
+
+    pub fn workers(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Hand a command to one worker, waking it unless it is awake already.
+    pub fn post(&self, worker: usize, cmd: Command) -> bool {
+        let Some(link) = self.links.get(worker) else {
+            return false;
+        };
+        if link.tx.send(cmd).is_err() {
+            return false;
+        }
+        let own = CURRENT_WORKER.with(|c| c.get()) == worker;
+        if !own && !link.notified.swap(true, Ordering::AcqRel) {
+            if let Err(e) = link.waker.wake() {
+                log::error!("waking worker {worker}: {e}");
+            }
+        }
+        true
+    }
+
+    /// Called by worker `index` before it drains its channel.
+    pub fn clear_notified(&self, index: usize) {
+        if let Some(link) = self.links.get(index) {
+            link.notified.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Hand a command to every worker, in the one global order.
+    pub fn post_all(&self, make: impl Fn() -> Command) {
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        for w in 0..self.links.len() {
+            self.post(w, make());
+        }
+    }
+}
+
+/// A cheap, cloneable handle to a running server, usable from any thread.
+#[derive(Clone)]
+pub struct Handle {
+    hub: Arc<Hub>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("workers", &self.hub.workers())
+            .finish()
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+        Handle { hub }
+    }
+
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Queue `frame` on every open WebSocket connection of every worker.
+    pub fn broadcast(&self, frame: Frame) {
+        self.hub.post_all(|| Command::Broadcast(frame.clone()));
+    }
+
+    /// Queue `frame` on every connection subscribed to `topic`.
+    pub fn publish(&self, topic: &str, frame: Frame) {
+        let topic: Arc<str> = Arc::from(topic);
+        self.hub
+            .post_all(|| Command::Publish(topic.clone(), frame.clone()));
+    }
+
+    /// Queue `frame` on one connection. False if the id names no worker;
+    /// a connection that has gone away silently drops it.
+    pub fn send(&self, id: ConnId, frame: Frame) -> bool {
+        self.hub.post(id.worker(), Command::Send(id, frame))
+    }
+
+    /// Close one connection with `code` and `reason`.
+    pub fn close(&self, id: ConnId, code: u16, reason: &str) -> bool {
+        self.hub
+            .post(id.worker(), Command::Close(id, code, Arc::from(reason)))
+    }
+
+    /// Begin the graceful shutdown: stop accepting, send close 1001 to every
+    /// client, and let the workers exit once their clients are gone or the
+    /// drain timeout passes.
+    pub fn shutdown(&self) {
+        if !self.hub.stopping.swap(true, Ordering::SeqCst) {
+            self.hub.post_all(|| Command::Shutdown);
+        }
+    }
+
+    /// Whether [`Handle::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.hub.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.hub.workers()
+    }
+
+    /// A snapshot of the counters of every worker.
+    pub fn stats(&self) -> Stats {
+        let workers: Vec<WorkerStats> = self.hub.stats.iter().map(|s| s.snapshot()).collect();
+        let mut total = WorkerStats::default();
+        for w in &workers {
+            total.add(w);
+        }
+        Stats {
+            uptime_secs: self.hub.started.elapsed().as_secs_f64(),
+            total,
+            workers,
+        }
+    }
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters of one worker (or their sum). Live values are atomics
+        /// updated by the worker once per loop turn; [`Handle::stats`]
+        /// returns plain snapshots.
+        #[derive(Debug, Default)]
+        pub struct WorkerStats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl WorkerStats {
+            /// A copy of the current values.
+            pub fn snapshot(&self) -> WorkerStats {
+                WorkerStats { $($name: AtomicU64::new(self.$name.load(Ordering::Relaxed)),)* }
+            }
+
+            fn add(&mut self, o: &WorkerStats) {
+                $(*self.$name.get_mut() += o.$name.load(Ordering::Relaxed);)*
+            }
+
+            /// `(name, value)` for every counter.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+
+        /// Plain counters kept by a worker during a turn.
+        #[derive(Debug, Default, Clone)]
+        pub(crate) struct LocalStats {
+            $(pub $name: u64,)*
+        }
+
+        impl LocalStats {
+            pub fn store(&self, s: &WorkerStats) {
+                $(s.$name.store(self.$name, Ordering::Relaxed);)*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections currently held (any state).
+    connections,
+    /// Connections currently open as WebSockets.
+    websockets,
+    /// Topics with at least one subscriber on this worker.
+    topics,
+    /// Connections accepted since start.
+    accepted_total,
+    /// WebSocket upgrades completed since start.
+    upgrades_total,
+    /// Plain HTTP requests answered.
+    http_requests_total,
+    /// Data messages received.
+    messages_in_total,
+    /// Bytes received (after the upgrade).
+    bytes_in_total,
+    /// Frames queued for sending (one per recipient).
+    messages_out_total,
+    /// Bytes written to sockets.
+    bytes_out_total,
+    /// Broadcasts and publications handled by this worker.
+    publications_total,
+    /// Closed after the client's close frame.
+    closed_client_total,
+    /// Closed by the server (application or API).
+    closed_server_total,
+    /// Closed for a protocol error.
+    closed_protocol_error_total,
+    /// Closed as slow consumers.
+    closed_slow_consumer_total,
+    /// Closed at the handshake deadline.
+    closed_handshake_timeout_total,
+    /// Closed while the server shut down.
+    closed_shutdown_total,
+    /// Dropped without a close frame (reset, EOF, close-wait timeout).
+    closed_abnormal_total,
+    /// Closed for silence past the idle timeout.
+    closed_idle_timeout_total,
+    /// Refused with HTTP 400.
+    refused_400_total,
+    /// Refused with HTTP 401.
+    refused_401_total,
+    /// Refused with HTTP 403.
+    refused_403_total,
+    /// Refused with HTTP 404.
+    refused_404_total,
+    /// Refused with HTTP 405.
+    refused_405_total,
+    /// Refused with HTTP 413.
+    refused_413_total,
+    /// Refused with HTTP 426.
+    refused_426_total,
+    /// Refused with HTTP 431.
+    refused_431_total,
+    /// Refused with HTTP 503 (over --max-connections).
+    refused_503_total,
+    /// Refused with another 4xx/5xx status.
+    refused_other_total,
+    /// accept() failures for lack of file descriptors or memory.
+    accept_errors_total,
+}
+
+impl LocalStats {
+    /// Count a refusal (or an error answer) by status.
+    pub fn refused(&mut self, status: u16) {
+        match status {
+            400 => self.refused_400_total += 1,
+            401 => self.refused_401_total += 1,
+            403 => self.refused_403_total += 1,
+            404 => self.refused_404_total += 1,
+            405 => self.refused_405_total += 1,
+            413 => self.refused_413_total += 1,
+            426 => self.refused_426_total += 1,
+            431 => self.refused_431_total += 1,
+            503 => self.refused_503_total += 1,
+            s if s >= 400 => self.refused_other_total += 1,
+            _ => {}
+        }
+    }
+}
+
+/// A snapshot of the server's counters.
+#[derive(Debug)]
+pub struct Stats {
+    /// Seconds since the server was built.
+    pub uptime_secs: f64,
+    /// Sum over all workers.
+    pub total: WorkerStats,
+    /// One entry per worker.
+    pub workers: Vec<WorkerStats>,
+}
+
+impl Stats {
+    /// A counter's total by name (`None` if there is no such counter).
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.total
+            .fields()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+}

@@ -1,0 +1,83 @@
+//! Plain HTTP responses, for requests on the same port that are not
+//! WebSocket upgrades (an API, a page, a refusal).
+
+use crate::protocol::http;
+
+/// An HTTP response to write back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type` value.
+    pub content_type: String,
+    /// Extra header lines, each `Name: value\r\n`.
+    pub headers: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Close the connection after this response.
+    pub close: bool,
+}
+
+impl Response {
+    /// A response with a plain-text body.
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8".into(),
+            headers: String::new(),
+            body: body.into().into_bytes(),
+            close: false,
+        }
+    }
+
+    /// A response with a JSON body (already serialized).
+    pub fn json(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            content_type: "application/json".into(),
+            ..Response::text(status, body)
+        }
+    }
+
+    /// A response with any content type.
+    pub fn with_body(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type: content_type.into(),
+            headers: String::new(),
+            body: body.into(),
+            close: false,
+        }
+    }
+
+    /// The 404 answer.
+    pub fn not_found() -> Response {
+        Response::text(404, "not found\n")
+    }
+
+    /// Add a header line.
+    pub fn header(mut self, name: &str, value: &str) -> Response {
+        self.headers.push_str(name);
+        self.headers.push_str(": ");
+        self.headers.push_str(value);
+        self.headers.push_str("\r\n");
+        self
+    }
+
+    /// Ask for the connection to be closed after this response.
+    pub fn closing(mut self) -> Response {
+        self.close = true;
+        self
+    }
+
+    /// Append the encoded response to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>, close: bool) {
+        http::write_response(
+            out,
+            self.status,
+            &self.content_type,
+            &self.headers,
+            &self.body,
+            close,
+        );
+    }
+}
