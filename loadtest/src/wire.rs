@@ -1,0 +1,250 @@
+//! What goes on the wire from the client side: the upgrade request, the
+//! parsing of the server's `101` response, and the payload layout that
+//! carries publisher id, sequence number and send time.
+
+use wspush::protocol::handshake::accept_key;
+
+/// Bytes at the start of every payload that carry the probe fields.
+pub const PROBE_LEN: usize = 16;
+
+/// The timestamp field holds the low 56 bits of CLOCK_MONOTONIC in ns.
+const TS_MASK: u64 = (1 << 56) - 1;
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the
+/// machine, so a timestamp written by one process reads right in another.
+#[inline]
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Nanoseconds from a payload timestamp to `now` (wrap-safe).
+#[inline]
+pub fn elapsed_since(ts: u64, now: u64) -> u64 {
+    (now.wrapping_sub(ts)) & TS_MASK
+}
+
+/// Probe fields of a payload. All bytes are 7-bit, so the same payload is
+/// valid text and binary: publisher id (3 × 7 bits), sequence (5 × 7 bits),
+/// timestamp (8 × 7 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub id: u32,
+    pub seq: u64,
+    pub ts: u64,
+}
+
+#[inline]
+fn put7(out: &mut [u8], mut v: u64) {
+    for b in out.iter_mut().rev() {
+        *b = (v & 0x7f) as u8;
+        v >>= 7;
+    }
+}
+
+#[inline]
+fn get7(inp: &[u8]) -> u64 {
+    inp.iter()
+        .fold(0u64, |acc, &b| (acc << 7) | (b & 0x7f) as u64)
+}
+
+impl Probe {
+    /// Write the fields into the first [`PROBE_LEN`] bytes of `out`.
+    #[inline]
+    pub fn write(&self, out: &mut [u8]) {
+        put7(&mut out[0..3], self.id as u64);
+        put7(&mut out[3..8], self.seq);
+        put7(&mut out[8..16], self.ts & TS_MASK);
+    }
+
+    /// Read the fields back; `None` when the payload is too short or not ours.
+    #[inline]
+    pub fn read(inp: &[u8]) -> Option<Probe> {
+        if inp.len() < PROBE_LEN || inp[..PROBE_LEN].iter().any(|&b| b >= 0x80) {
+            return None;
+        }
+        Some(Probe {
+            id: get7(&inp[0..3]) as u32,
+            seq: get7(&inp[3..8]),
+            ts: get7(&inp[8..16]),
+        })
+    }
+}
+
+/// Largest publisher id and sequence number the layout holds.
+pub const MAX_ID: u32 = (1 << 21) - 1;
+
+/// A payload template of `size` bytes (at least [`PROBE_LEN`]): filler is
+/// printable ASCII.
+pub fn template(size: usize) -> Vec<u8> {
+    (0..size.max(PROBE_LEN))
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect()
+}
+
+/// Standard base64 of 16 bytes (24 characters, with padding).
+pub fn base64_16(b: &[u8; 16]) -> [u8; 24] {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = [b'='; 24];
+    let mut o = 0;
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out[o + i] = T[((n >> (18 - 6 * i)) & 63) as usize];
+        }
+        o += 4;
+    }
+    out
+}
+
+/// Append the upgrade request for `path` on `host` with `key`.
+pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &[u8; 24]) {
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b"\r\nSec-WebSocket-Version: 13\r\n\r\n");
+}
+
+/// Outcome of looking at the bytes received so far during the handshake.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The header is not complete yet.
+    Partial,
+    /// A valid `101` with the right accept key; frames start at this offset.
+    Upgraded(usize),
+    /// Refused or invalid, with a short reason for the failure table.
+    Failed(String),
+}
+
+/// Largest response header we wait for.
+pub const MAX_RESPONSE: usize = 16 * 1024;
+
+/// Parse the server's answer to the upgrade request sent with `key`.
+pub fn parse_response(buf: &[u8], key: &[u8; 24]) -> Response {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+        if buf.len() > MAX_RESPONSE {
+            return Response::Failed("response header too large".into());
+        }
+        return Response::Partial;
+    };
+    let head = &buf[..end - 4];
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, |&b| b == b' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().unwrap_or_default();
+    if !version.starts_with(b"HTTP/1.") || code.len() != 3 {
+        return Response::Failed("malformed status line".into());
+    }
+    if code != b"101" {
+        return Response::Failed(format!("http {}", String::from_utf8_lossy(code)));
+    }
+    let mut accept_ok = false;
+    let mut upgrade_ok = false;
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Response::Failed("malformed header line".into());
+        };
+        let name = &line[..colon];
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"sec-websocket-accept") {
+            accept_ok = value == accept_key(key);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade_ok = value.eq_ignore_ascii_case(b"websocket");
+        }
+    }
+    if !upgrade_ok {
+        return Response::Failed("101 without Upgrade: websocket".into());
+    }
+    if !accept_ok {
+        return Response::Failed("bad Sec-WebSocket-Accept".into());
+    }
+    Response::Upgraded(end)
+}
+
+/// xorshift64*: masking keys and handshake keys (no need for crypto here).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    #[inline]
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    #[inline]
+    pub fn key(&mut self) -> [u8; 4] {
+        (self.next() as u32).to_ne_bytes()
+    }
+    pub fn handshake_key(&mut self) -> [u8; 24] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&self.next().to_ne_bytes());
+        k[8..].copy_from_slice(&self.next().to_ne_bytes());
+        base64_16(&k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_roundtrip_is_ascii() {
+        let p = Probe {
+            id: MAX_ID,
+            seq: (1 << 35) - 1,
+            ts: now_ns(),
+        };
+        let mut buf = template(20);
+        p.write(&mut buf);
+        assert!(std::str::from_utf8(&buf).is_ok());
+        assert!(buf.iter().all(|&b| b < 0x80));
+        let q = Probe::read(&buf).unwrap();
+        assert_eq!((q.id, q.seq, q.ts), (p.id, p.seq, p.ts & TS_MASK));
+        assert!(elapsed_since(q.ts, p.ts + 5) == 5);
+    }
+
+    #[test]
+    fn base64_matches_rfc_example() {
+        // RFC 6455 §1.3: "the sample nonce" → dGhlIHNhbXBsZSBub25jZQ==
+        assert_eq!(&base64_16(b"the sample nonce"), b"dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn response_parsing() {
+        let key = *b"dGhlIHNhbXBsZSBub25jZQ==";
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x00";
+        assert_eq!(parse_response(ok, &key), Response::Upgraded(ok.len() - 2));
+        assert_eq!(parse_response(&ok[..40], &key), Response::Partial);
+        let bad = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: xxx\r\n\r\n";
+        assert_eq!(
+            parse_response(bad, &key),
+            Response::Failed("bad Sec-WebSocket-Accept".into())
+        );
+        let refused = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            parse_response(refused, &key),
+            Response::Failed("http 503".into())
+        );
+    }
+}
