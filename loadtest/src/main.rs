@@ -364,10 +364,7 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
     let rss_before = a.server_pid.and_then(stats::proc_rss_kb);
     for i in 0..k {
         let mut cmd = Command::new(&exe);
-        cmd.args(&args)
-            .arg("--child-index")
-            .arg(i.to_string())
-            .arg("--quiet");
+        cmd.args(&args).arg("--child-index").arg(i.to_string());
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
