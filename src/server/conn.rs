@@ -46,6 +46,9 @@ pub(crate) const SLOW: u8 = 8;
 pub(crate) const UPGRADED: u8 = 16;
 /// Flag: counted against `max_connections`.
 pub(crate) const COUNTED: u8 = 32;
+/// Flag: both close frames were exchanged; after the flush, close the socket
+/// at once (RFC 6455 §7.1.1: the server closes the TCP connection first).
+pub(crate) const CLOSE_DONE: u8 = 64;
 
 /// A connection owned by a worker's slab.
 pub(crate) struct Conn {

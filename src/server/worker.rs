@@ -21,7 +21,8 @@ use slab::Slab;
 
 use super::config::Config;
 use super::conn::{
-    Conn, HttpState, Phase, CLOSE_AFTER_FLUSH, COUNTED, DIRTY, SLOW, UPGRADED, WRITE_INTEREST,
+    Conn, HttpState, Phase, CLOSE_AFTER_FLUSH, CLOSE_DONE, COUNTED, DIRTY, SLOW, UPGRADED,
+    WRITE_INTEREST,
 };
 use super::handler::{CloseReason, ConnInfo, Context, Handler};
 use super::hub::{self, Command, ConnId, Handle, LocalStats, WorkerPart, WorkerStats, WAKER_TOKEN};
@@ -166,25 +167,40 @@ struct Loop<H: Handler> {
 
 /// Queue a shared frame on an open connection and mark it for the flush.
 #[inline]
-fn push_frame(
-    c: &mut Conn,
-    key: usize,
-    f: &LocalFrame,
-    dirty: &mut Vec<u32>,
-    stats: &mut LocalStats,
-    max_buffered: usize,
-) {
+fn push_frame(c: &mut Conn, key: usize, f: &LocalFrame, q: &mut Queues<'_>) {
     if c.phase != Phase::Open || c.has(SLOW) {
         return;
     }
     c.out.push_shared(f);
-    stats.messages_out_total += 1;
-    if c.out.backlog() > max_buffered {
-        c.flags |= SLOW;
+    q.stats.messages_out_total += 1;
+    after_push(c, key, q);
+}
+
+/// What a push needs besides the connection: the dirty list, the buffer
+/// pool, the counters and the limit.
+struct Queues<'a> {
+    dirty: &'a mut Vec<u32>,
+    pool: &'a mut BufPool,
+    stats: &'a mut LocalStats,
+    max_buffered: usize,
+}
+
+/// Mark the connection for the end-of-turn flush. If its backlog passed
+/// `max_buffered`, write now: only a peer that still cannot take the bytes
+/// is a slow consumer (a healthy client may get a large burst in one turn).
+#[inline]
+fn after_push(c: &mut Conn, key: usize, q: &mut Queues<'_>) {
+    if c.out.backlog() > q.max_buffered {
+        if let Ok((n, _)) = c.out.write_to(&mut c.stream, q.pool) {
+            q.stats.bytes_out_total += n as u64;
+        }
+        if c.out.backlog() > q.max_buffered {
+            c.flags |= SLOW;
+        }
     }
     if !c.has(DIRTY) {
         c.flags |= DIRTY;
-        dirty.push(key as u32);
+        q.dirty.push(key as u32);
     }
 }
 
@@ -264,7 +280,13 @@ impl Core {
     pub fn queue_shared(&mut self, key: usize, f: &LocalFrame) {
         let max = self.cfg.max_buffered;
         if let Some(c) = self.conns.get_mut(key) {
-            push_frame(c, key, f, &mut self.dirty, &mut self.stats, max);
+            let mut q = Queues {
+                dirty: &mut self.dirty,
+                pool: &mut self.pool,
+                stats: &mut self.stats,
+                max_buffered: max,
+            };
+            push_frame(c, key, f, &mut q);
         }
     }
 
@@ -462,6 +484,9 @@ impl Core {
         match c.out.write_to(&mut c.stream, &mut self.pool) {
             Ok((n, Flushed::All)) => {
                 self.stats.bytes_out_total += n as u64;
+                if c.has(CLOSE_DONE) {
+                    return self.kill(key, None);
+                }
                 if c.has(CLOSE_AFTER_FLUSH) {
                     c.flags &= !CLOSE_AFTER_FLUSH;
                     let _ = c.stream.shutdown(Shutdown::Write);
@@ -540,8 +565,14 @@ impl Core {
         self.stats.publications_total += 1;
         let f: LocalFrame = Rc::new(frame.into_shared());
         let max = self.cfg.max_buffered;
+        let mut q = Queues {
+            dirty: &mut self.dirty,
+            pool: &mut self.pool,
+            stats: &mut self.stats,
+            max_buffered: max,
+        };
         for (key, c) in self.conns.iter_mut() {
-            push_frame(c, key, &f, &mut self.dirty, &mut self.stats, max);
+            push_frame(c, key, &f, &mut q);
         }
     }
 
@@ -552,9 +583,15 @@ impl Core {
         };
         let f: LocalFrame = Rc::new(frame.into_shared());
         let max = self.cfg.max_buffered;
+        let mut q = Queues {
+            dirty: &mut self.dirty,
+            pool: &mut self.pool,
+            stats: &mut self.stats,
+            max_buffered: max,
+        };
         for &key in self.topics.subscribers(id) {
             if let Some(c) = self.conns.get_mut(key as usize) {
-                push_frame(c, key as usize, &f, &mut self.dirty, &mut self.stats, max);
+                push_frame(c, key as usize, &f, &mut q);
             }
         }
     }
@@ -703,7 +740,7 @@ impl<H: Handler> App<H> {
                     }
                     if let Some(c) = core.conns.get_mut(key) {
                         c.phase = Phase::Lingering;
-                        c.flags |= CLOSE_AFTER_FLUSH;
+                        c.flags |= CLOSE_AFTER_FLUSH | CLOSE_DONE;
                     }
                     core.mark_dirty(key);
                     break;

@@ -1,0 +1,120 @@
+//! Connection lifecycle over real sockets: handshake deadline, slowloris,
+//! connection limit, and SIGTERM draining with 1001.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use tungstenite::Message as TMsg;
+
+/// Read until EOF or error; true if the server closed the connection.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn silent_socket_is_closed_at_the_handshake_deadline() {
+    let d = Daemon::start(&["--workers", "1", "--handshake-timeout", "1s"]);
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert!(
+        closed_by_server(&mut s),
+        "silent socket must be closed by the server"
+    );
+    assert!(d.logged("handshake timeout"));
+}
+
+#[test]
+fn slowloris_trickle_is_closed_at_the_handshake_deadline() {
+    let d = Daemon::start(&["--workers", "1", "--handshake-timeout", "1s"]);
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nX-Slow: ").unwrap();
+    let mut closed = false;
+    // Far more bytes, far more slowly, than the deadline allows.
+    for _ in 0..300 {
+        if s.write_all(b"a").is_err() || closed_by_server(&mut s) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickling client must not keep the connection");
+}
+
+#[test]
+fn over_max_connections_gets_503_then_recovers() {
+    let d = Daemon::start(&["--workers", "2", "--max-connections", "4"]);
+    let mut held: Vec<_> = (0..4).map(|_| ws(&d, "/echo")).collect();
+    let resp = raw_exchange(d.addr, upgrade_request("/echo", "").as_bytes());
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    let mut c = held.pop().unwrap();
+    c.close(None).unwrap();
+    while c.read().is_ok() {}
+    drop(c);
+    // The freed slot is usable again (the server reaps the closed connection at once).
+    let mut ok = false;
+    for _ in 0..100 {
+        if status_of(&raw_exchange(
+            d.addr,
+            upgrade_request("/echo", "").as_bytes(),
+        )) == 101
+        {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok, "a slot freed by a close is reusable");
+}
+
+#[test]
+fn sigterm_sends_1001_to_every_client_and_exits_0() {
+    let mut d = Daemon::start(&["--workers", "4", "--drain-timeout", "20s"]);
+    let mut clients: Vec<_> = (0..200)
+        .map(|i| ws(&d, if i % 2 == 0 { "/echo" } else { "/broadcast" }))
+        .collect();
+    // Every client works before the signal.
+    for c in clients.iter_mut().step_by(50) {
+        c.send(TMsg::Text("hi".into())).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate().step_by(50) {
+        if i % 2 == 0 {
+            assert_eq!(c.read().unwrap(), TMsg::Text("hi".into()));
+        }
+    }
+    d.signal(libc::SIGTERM);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let code = loop {
+            match c.read() {
+                Ok(TMsg::Close(f)) => break f.map(|f| u16::from(f.code)),
+                Ok(_) => {} // broadcasts sent before the signal
+                Err(e) => panic!("client {i}: no close frame: {e}"),
+            }
+        };
+        assert_eq!(code, Some(1001), "client {i}");
+        // tungstenite answers the close; drive it out.
+        while c.read().is_ok() {}
+    }
+    let status = d
+        .wait_exit(Duration::from_secs(30))
+        .expect("daemon exits after the drain");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(d.logged("shutting down"));
+}
