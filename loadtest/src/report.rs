@@ -198,6 +198,13 @@ pub fn summarize(a: &Args, cfg: &Config, r: &mut Results) -> Summary {
     o.insert("client_cpu_s".into(), json!(round(r.cpu_s, 3)));
     o.insert("client_cpu_total_s".into(), json!(round(r.cpu_total_s, 3)));
     o.insert("measured_s".into(), json!(round(r.measured_s, 3)));
+    if r.measured_s > 0.0 {
+        // Near 1.0 × threads × procs: wsload itself is the bottleneck.
+        o.insert(
+            "client_cpu_util".into(),
+            json!(round(r.cpu_s / r.measured_s, 3)),
+        );
+    }
     if let Some(s) = r.server_cpu_s {
         o.insert("server_cpu_s".into(), json!(round(s, 3)));
         if r.measured_s > 0.0 {

@@ -10,12 +10,15 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fastwebsockets::{upgrade, FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError};
+use fastwebsockets::{
+    upgrade, FragmentCollector, FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError,
+};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
+use tokio::io::BufWriter;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 /// One outgoing frame: opcode and shared payload (a broadcast is one
@@ -58,19 +61,52 @@ async fn client(
     room: Shared,
 ) -> Result<(), WebSocketError> {
     let ws = fut.await?;
-    let (rx, mut tx) = ws.split(tokio::io::split);
+    if !broadcast {
+        // The canonical fastwebsockets echo loop: one task, read then write.
+        let mut ws = FragmentCollector::new(ws);
+        loop {
+            let frame = ws.read_frame().await?;
+            match frame.opcode {
+                OpCode::Close => return Ok(()),
+                OpCode::Text | OpCode::Binary => ws.write_frame(frame).await?,
+                _ => {}
+            }
+        }
+    }
+    // Broadcast: a reader task and a writer task joined by a queue of shared
+    // frames; the writer corks (buffered writes, one flush when the queue is
+    // empty), as fastwebsockets documents for buffered streams.
+    let (rx, mut tx) = ws.split(|s| {
+        let (r, w) = tokio::io::split(s);
+        (r, BufWriter::with_capacity(64 * 1024, w))
+    });
     let mut rx = FragmentCollectorRead::new(rx);
     let (out_tx, mut out_rx) = unbounded_channel::<Out>();
 
     let writer = tokio::spawn(async move {
-        while let Some((op, bytes)) = out_rx.recv().await {
-            let close = op == OpCode::Close;
+        'outer: while let Some((op, bytes)) = out_rx.recv().await {
+            let mut close = op == OpCode::Close;
             if tx
                 .write_frame(Frame::new(true, op, None, Payload::Borrowed(&bytes)))
                 .await
                 .is_err()
-                || close
             {
+                break;
+            }
+            while !close {
+                let Ok((op, bytes)) = out_rx.try_recv() else {
+                    break;
+                };
+                close = op == OpCode::Close;
+                if tx
+                    .write_frame(Frame::new(true, op, None, Payload::Borrowed(&bytes)))
+                    .await
+                    .is_err()
+                {
+                    break 'outer;
+                }
+            }
+            if tx.flush().await.is_err() || close {
                 break;
             }
         }
@@ -80,9 +116,7 @@ async fn client(
         let mut r = room.lock().unwrap();
         r.next_id += 1;
         let id = r.next_id;
-        if broadcast {
-            r.members.push((id, out_tx.clone()));
-        }
+        r.members.push((id, out_tx.clone()));
         id
     };
 
@@ -100,21 +134,15 @@ async fn client(
             OpCode::Close => break Ok(()),
             OpCode::Text | OpCode::Binary => {
                 let bytes = Bytes::copy_from_slice(&frame.payload);
-                if broadcast {
-                    let r = room.lock().unwrap();
-                    for (_, m) in &r.members {
-                        let _ = m.send((frame.opcode, bytes.clone()));
-                    }
-                } else {
-                    let _ = out_tx.send((frame.opcode, bytes));
+                let r = room.lock().unwrap();
+                for (_, m) in &r.members {
+                    let _ = m.send((frame.opcode, bytes.clone()));
                 }
             }
             _ => {}
         }
     };
-    if broadcast {
-        room.lock().unwrap().members.retain(|(m, _)| *m != id);
-    }
+    room.lock().unwrap().members.retain(|(m, _)| *m != id);
     drop(out_tx);
     let _ = writer.await;
     result

@@ -38,6 +38,24 @@ async fn client(stream: tokio::net::TcpStream, room: Shared) {
         return;
     };
     let broadcast = path == "/broadcast";
+    if !broadcast {
+        // The canonical echo loop: one task, read then send.
+        let mut ws = ws;
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(_) | Message::Binary(_) => {
+                    if ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        return;
+    }
+    // Broadcast: a reader and a writer task joined by a queue; the writer
+    // corks (feed everything queued, then one flush).
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = unbounded_channel::<Message>();
     let writer = tokio::spawn(async move {
@@ -61,30 +79,22 @@ async fn client(stream: tokio::net::TcpStream, room: Shared) {
         let mut r = room.lock().unwrap();
         r.next_id += 1;
         let id = r.next_id;
-        if broadcast {
-            r.members.push((id, tx.clone()));
-        }
+        r.members.push((id, tx.clone()));
         id
     };
     while let Some(Ok(msg)) = stream.next().await {
         match msg {
             Message::Text(_) | Message::Binary(_) => {
-                if broadcast {
-                    let r = room.lock().unwrap();
-                    for (_, m) in &r.members {
-                        let _ = m.send(msg.clone());
-                    }
-                } else {
-                    let _ = tx.send(msg);
+                let r = room.lock().unwrap();
+                for (_, m) in &r.members {
+                    let _ = m.send(msg.clone());
                 }
             }
             Message::Close(_) => break,
             _ => {}
         }
     }
-    if broadcast {
-        room.lock().unwrap().members.retain(|(m, _)| *m != id);
-    }
+    room.lock().unwrap().members.retain(|(m, _)| *m != id);
     drop(tx);
     let _ = writer.await;
 }

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Side-by-side load tests: wspush (--workers 1) against the reference peers
+# on fastwebsockets and tokio-tungstenite (single-threaded each), in one
+# sitting, interleaved, repeated; prints medians and ratios (wspush / peer).
+#
+#   loadtest/compare.sh                       # all cases, 3 repetitions
+#   loadtest/compare.sh --only 'echo|chat'    # cases whose name matches
+#   loadtest/compare.sh --reps 1 --duration 3 --servers "wspush fastwebsockets"
+#
+# Servers run pinned to CPU 0 (taskset -c 0), wsload to CPU 1. Each run starts
+# a fresh server on a fresh port. Raw JSON per run and the summary go to
+# target/loadtest-compare/<time>/. Every run is bounded (wsload stops by itself;
+# a run is killed after 120 s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPS=3
+DUR=5
+ONLY=.
+SERVERS="wspush fastwebsockets tokio-tungstenite"
+BUILD=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reps) REPS=$2; shift 2 ;;
+    --duration) DUR=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    --servers) SERVERS=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+ROOT=$PWD
+FWS=$ROOT/loadtest/peers/fastwebsockets
+TT=$ROOT/loadtest/peers/tokio-tungstenite
+if [ "$BUILD" = 1 ]; then
+  cargo build --release -p wspush -p wsload
+  (cd "$FWS" && cargo build --release)
+  (cd "$TT" && cargo build --release)
+fi
+WSLOAD=$ROOT/target/release/wsload
+
+server_cmd() { # name port
+  case "$1" in
+    wspush) echo "$ROOT/target/release/wspush --listen 127.0.0.1:$2 --workers 1" ;;
+    fastwebsockets) echo "$FWS/target/release/peer-fastwebsockets --listen 127.0.0.1:$2" ;;
+    tokio-tungstenite) echo "$TT/target/release/peer-tokio-tungstenite --listen 127.0.0.1:$2" ;;
+    *) echo "unknown server $1" >&2; exit 2 ;;
+  esac
+}
+
+# name | wsload arguments (the URL path comes first)
+CASES=$(cat <<EOC
+echo-100x20B|/echo echo -c 100 -p 1 -s 20 -d $DUR
+echo-100x1KiB|/echo echo -c 100 -p 1 -s 1024 -d $DUR
+echo-10x64KiB|/echo echo -c 10 -p 1 -s 65536 --binary -d $DUR
+bcast-1k-10/s|/broadcast broadcast -c 1000 --publishers 1 --rate 10 -s 32 -d $DUR
+bcast-1k-max|/broadcast broadcast -c 1000 --publishers 1 --window 16 -s 32 -d $DUR
+bcast-10k-10/s|/broadcast broadcast -c 10000 --publishers 1 --rate 10 -s 32 -d $DUR
+bcast-10k-max|/broadcast broadcast -c 10000 --publishers 1 --window 16 -s 32 -d $DUR
+chat-100|/broadcast broadcast -c 100 --publishers 100 --window 4 -s 32 -d $DUR
+chat-1000|/broadcast broadcast -c 1000 --publishers 1000 --window 1 -s 32 -d $DUR
+connect-10k|/echo connect -c 10000 --concurrency 200
+idle-10k|/echo idle -c 10000 -d 3
+EOC
+)
+
+OUT=$ROOT/target/loadtest-compare/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+{
+  echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo ?)"
+} | tee "$OUT/machine.txt"
+
+PORT=$((20000 + RANDOM % 20000))
+wait_listen() { # port
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  return 1
+}
+
+run_one() { # case-name server rep args...
+  local name=$1 server=$2 rep=$3; shift 3
+  local path=$1; shift
+  PORT=$((PORT + 1))
+  # shellcheck disable=SC2046
+  taskset -c 0 $(server_cmd "$server" "$PORT") >"$OUT/server.log" 2>&1 &
+  local spid=$!
+  if ! wait_listen "$PORT"; then
+    echo "  $server did not start" >&2
+    kill "$spid" 2>/dev/null || true
+    return
+  fi
+  local file="$OUT/$(echo "$name" | tr '/' '_').$server.$rep.json"
+  timeout 120 taskset -c 1 "$WSLOAD" "$@" --url "ws://127.0.0.1:$PORT$path" \
+    --server-pid "$spid" --json -q --max-errors 1000000000 >"$file" 2>"$file.err" || true
+  kill "$spid" 2>/dev/null || true
+  wait "$spid" 2>/dev/null || true
+  printf '  %-16s %-18s rep %s  %s\n' "$name" "$server" "$rep" \
+    "$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ("msgs_per_s","deliveries_per_s","handshakes_per_s","server_bytes_per_conn","server_cpu_us_per","errors") if k in d})' "$file" 2>/dev/null || echo "no result")"
+  sleep 0.5
+}
+
+for rep in $(seq 1 "$REPS"); do
+  # Rotate the server order each repetition so none always goes first.
+  read -r -a order <<<"$SERVERS"
+  n=${#order[@]}
+  shift_by=$(( (rep - 1) % n ))
+  rotated=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
+  while IFS='|' read -r name args; do
+    [ -z "$name" ] && continue
+    echo "$name" | grep -Eq -- "$ONLY" || continue
+    for server in "${rotated[@]}"; do
+      # shellcheck disable=SC2086
+      run_one "$name" "$server" "$rep" $args
+    done
+  done <<<"$CASES"
+done
+
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
+python3 - "$OUT" "$SERVERS" "$CASES" <<'EOPY' | tee "$OUT/summary.md"
+import glob, json, os, statistics, sys
+out, servers, cases = sys.argv[1], sys.argv[2].split(), sys.argv[3]
+metrics = {
+    "echo": [("msgs_per_s", "msg/s"), ("rtt_p50_us", "RTT p50 µs"), ("rtt_p99_us", "RTT p99 µs"),
+             ("server_cpu_us_per", "server CPU µs/msg"), ("client_cpu_us_per", "wsload CPU µs/msg"),
+             ("server_cpu_util", "server CPU util"), ("client_cpu_util", "wsload CPU util")],
+    "bcast": [("deliveries_per_s", "deliveries/s"), ("fanout_p50_us", "fan-out p50 µs"),
+              ("fanout_p99_us", "fan-out p99 µs"), ("delivery_p99_us", "delivery p99 µs"),
+              ("server_cpu_us_per", "server CPU µs/delivery"), ("client_cpu_us_per", "wsload CPU µs/delivery"),
+              ("server_cpu_util", "server CPU util"), ("client_cpu_util", "wsload CPU util")],
+    "connect": [("handshakes_per_s", "handshakes/s"), ("handshake_p50_us", "handshake p50 µs"),
+                ("handshake_p99_us", "handshake p99 µs"), ("server_cpu_us_per", "server CPU µs/handshake"),
+                ("failed", "failed handshakes")],
+    "idle": [("server_bytes_per_conn", "server RSS bytes/conn"), ("server_rss_after_kb", "server RSS KiB at 10k")],
+}
+print(f"\n{open(os.path.join(out, 'machine.txt')).read().strip()}\n")
+hdr = "| case | metric | " + " | ".join(servers) + " | " + " | ".join(f"wspush/{s}" for s in servers if s != "wspush") + " |"
+print(hdr)
+print("|" + "---|" * (hdr.count("|") - 1))
+for line in cases.strip().splitlines():
+    name = line.split("|")[0]
+    fname = name.replace("/", "_")
+    kind = "chat" if name.startswith("chat") else name.split("-")[0]
+    kind = "bcast" if kind == "chat" else kind
+    runs = {s: [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{fname}.{s}.*.json")) if os.path.getsize(f) > 0]
+            for s in servers}
+    if not any(runs.values()):
+        continue
+    errs = {s: max([r.get("errors", 0) for r in runs[s]] or [None]) if runs[s] else None for s in servers}
+    for key, label in metrics[kind] + [("errors", "errors (max of runs)")]:
+        med = {}
+        for s in servers:
+            vals = [r[key] for r in runs[s] if isinstance(r.get(key), (int, float))]
+            if vals:
+                med[s] = max(vals) if key == "errors" else statistics.median(vals)
+        cells = []
+        for s in servers:
+            v = med.get(s)
+            cells.append("–" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"))
+        ratios = []
+        for s in servers:
+            if s == "wspush":
+                continue
+            a, b = med.get("wspush"), med.get(s)
+            ratios.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) and key != "errors" else "")
+        print(f"| {name} | {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+print(f"\nmedians of the repetitions; raw runs in {out}")
+EOPY
