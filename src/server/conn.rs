@@ -82,3 +82,17 @@ impl Conn {
         self.flags & flag != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connection_is_small() {
+        let size = std::mem::size_of::<Conn>();
+        let dec = std::mem::size_of::<Decoder>();
+        let out = std::mem::size_of::<OutQueue>();
+        eprintln!("Conn {size} B (decoder {dec} B, out queue {out} B)");
+        assert!(size <= 256, "Conn grew to {size} bytes");
+    }
+}
