@@ -68,9 +68,11 @@ impl Handler for Routes {
         match (*route, msg) {
             (Route::Echo, Message::Text(t)) => ctx.send_text(t),
             (Route::Echo, Message::Binary(b)) => ctx.send_binary(b),
-            (Route::Broadcast, Message::Text(t)) => ctx.publish(BROADCAST_TOPIC, Frame::text(t)),
+            (Route::Broadcast, Message::Text(t)) => {
+                ctx.publish(BROADCAST_TOPIC, Frame::text(t));
+            }
             (Route::Broadcast, Message::Binary(b)) => {
-                ctx.publish(BROADCAST_TOPIC, Frame::binary(b))
+                ctx.publish(BROADCAST_TOPIC, Frame::binary(b));
             }
             _ => {}
         }

@@ -28,6 +28,13 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Time to let clients go after shutdown begins. Default 10 s.
     pub drain_timeout: Duration,
+    /// Send a protocol ping to a connection that has been silent this long.
+    /// `None` disables pings. Default 25 s.
+    pub ping_interval: Option<Duration>,
+    /// Close a connection that has sent nothing (not even a pong) for this
+    /// long; this also reaps peers that vanished without a FIN. `None`
+    /// disables it. Default 60 s.
+    pub idle_timeout: Option<Duration>,
     /// Subprotocols and origin allowlist for the upgrade.
     pub handshake: HandshakeConfig,
     /// HTTP request limits (head size, header count, body size).
@@ -52,6 +59,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(25)),
+            idle_timeout: Some(Duration::from_secs(60)),
             handshake: HandshakeConfig::default(),
             http: HttpLimits::default(),
             reuse_port: true,

@@ -57,6 +57,8 @@ pub(crate) struct Conn {
     pub phase: Phase,
     pub flags: u8,
     pub close_reason: Option<CloseReason>,
+    /// When the peer last sent anything (worker clock, milliseconds, wrapping).
+    pub last_rx: u32,
     pub decoder: Decoder,
     pub out: OutQueue,
     pub http: Option<Box<HttpState>>,
@@ -71,6 +73,7 @@ impl Conn {
             phase: Phase::Http,
             flags: 0,
             close_reason: None,
+            last_rx: 0,
             decoder: Decoder::new(),
             out: OutQueue::default(),
             http: None,

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::hub::{ConnId, Frame, Handle};
+use super::hub::{ConnId, Frame, Handle, Published};
 use super::response::Response;
 use super::worker::Core;
 use crate::protocol::{Message, ProtocolError, Request};
@@ -145,8 +145,18 @@ impl Context<'_> {
     }
 
     /// Send `frame` to every subscriber of `topic` on every worker.
-    pub fn publish(&mut self, topic: &str, frame: Frame) {
-        self.core.handle.publish(topic, frame);
+    pub fn publish(&mut self, topic: &str, frame: Frame) -> Published {
+        self.core.handle.publish(topic, frame)
+    }
+
+    /// Publish with the topic's next sequence number (see [`Handle::publish_seq`]).
+    pub fn publish_seq(&mut self, topic: &str, make: impl FnOnce(u64) -> Frame) -> Published {
+        self.core.handle.publish_seq(topic, make)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.core.peer_addr(self.key)
     }
 
     /// Subscribe this connection to `topic`. False if it already was, or is

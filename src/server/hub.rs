@@ -7,6 +7,7 @@
 //! one global order.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -155,9 +156,35 @@ pub(crate) fn set_current_worker(index: usize) {
     CURRENT_WORKER.with(|c| c.set(index));
 }
 
+/// Per-topic state kept by the hub: the publication sequence and how many
+/// subscribers each worker has (publications go only to workers with some).
+#[derive(Debug, Default)]
+struct TopicState {
+    seq: u64,
+    per_worker: Vec<u32>,
+    total: u64,
+}
+
+/// The hub's ordered state: every publication passes this lock while it is
+/// handed to the workers, so all workers see one global order.
+#[derive(Debug, Default)]
+struct Ordered {
+    topics: HashMap<Arc<str>, TopicState>,
+    subscriptions: u64,
+}
+
+/// What a publication reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The topic's sequence number of this publication (1, 2, 3, ...).
+    pub seq: u64,
+    /// Subscribers of the topic (all workers) when it was published.
+    pub recipients: u64,
+}
+
 pub(crate) struct Hub {
     links: Vec<Link>,
-    order: Mutex<()>,
+    order: Mutex<Ordered>,
     /// Connections counted against `max_connections`, all workers.
     pub open: AtomicUsize,
     pub stopping: AtomicBool,
@@ -186,7 +213,7 @@ impl Hub {
         }
         let hub = Hub {
             links,
-            order: Mutex::new(()),
+            order: Mutex::new(Ordered::default()),
             open: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             stats,
@@ -223,12 +250,98 @@ impl Hub {
         }
     }
 
+    fn ordered(&self) -> std::sync::MutexGuard<'_, Ordered> {
+        self.order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Hand a command to every worker, in the one global order.
     pub fn post_all(&self, make: impl Fn() -> Command) {
-        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let _order = self.ordered();
         for w in 0..self.links.len() {
             self.post(w, make());
         }
+    }
+
+    /// Publish to a topic: assign its next sequence number, build the frame
+    /// for it, and hand it to the workers that have subscribers.
+    pub fn publish(&self, topic: &str, make: impl FnOnce(u64) -> Frame) -> Published {
+        let mut ord = self.ordered();
+        let n = self.links.len();
+        let state = match ord.topics.get_mut(topic) {
+            Some(s) => s,
+            None => ord
+                .topics
+                .entry(Arc::from(topic))
+                .or_insert_with(|| TopicState {
+                    seq: 0,
+                    per_worker: vec![0; n],
+                    total: 0,
+                }),
+        };
+        state.seq += 1;
+        let published = Published {
+            seq: state.seq,
+            recipients: state.total,
+        };
+        if state.total > 0 {
+            let frame = make(state.seq);
+            let name: Arc<str> = Arc::from(topic);
+            for (w, &count) in state.per_worker.iter().enumerate() {
+                if count > 0 {
+                    self.post(w, Command::Publish(name.clone(), frame.clone()));
+                }
+            }
+        }
+        published
+    }
+
+    /// A worker's subscriber count for `topic` changed by `delta` (±1).
+    pub fn subscription_changed(&self, topic: &str, worker: usize, delta: i32) {
+        let mut ord = self.ordered();
+        let n = self.links.len();
+        if delta > 0 {
+            ord.subscriptions += 1;
+        } else {
+            ord.subscriptions = ord.subscriptions.saturating_sub(1);
+        }
+        let state = match ord.topics.get_mut(topic) {
+            Some(s) => s,
+            None => ord
+                .topics
+                .entry(Arc::from(topic))
+                .or_insert_with(|| TopicState {
+                    seq: 0,
+                    per_worker: vec![0; n],
+                    total: 0,
+                }),
+        };
+        if let Some(c) = state.per_worker.get_mut(worker) {
+            if delta > 0 {
+                *c += 1;
+                state.total += 1;
+            } else if *c > 0 {
+                *c -= 1;
+                state.total -= 1;
+            }
+        }
+    }
+
+    /// Subscribers of `topic` on all workers, and its last sequence number.
+    pub fn topic_info(&self, topic: &str) -> (u64, u64) {
+        let ord = self.ordered();
+        ord.topics
+            .get(topic)
+            .map(|s| (s.total, s.seq))
+            .unwrap_or((0, 0))
+    }
+
+    /// Topics with at least one subscriber, and all subscriptions.
+    pub fn topic_totals(&self) -> (u64, u64) {
+        let ord = self.ordered();
+        (
+            ord.topics.values().filter(|s| s.total > 0).count() as u64,
+            ord.subscriptions,
+        )
     }
 }
 
@@ -260,11 +373,26 @@ impl Handle {
         self.hub.post_all(|| Command::Broadcast(frame.clone()));
     }
 
-    /// Queue `frame` on every connection subscribed to `topic`.
-    pub fn publish(&self, topic: &str, frame: Frame) {
-        let topic: Arc<str> = Arc::from(topic);
-        self.hub
-            .post_all(|| Command::Publish(topic.clone(), frame.clone()));
+    /// Queue `frame` on every connection subscribed to `topic` (all workers).
+    pub fn publish(&self, topic: &str, frame: Frame) -> Published {
+        self.hub.publish(topic, move |_| frame)
+    }
+
+    /// Publish with the topic's next sequence number: `make` builds the frame
+    /// for that number (under the hub's order, so frames reach every
+    /// subscriber in sequence order).
+    pub fn publish_seq(&self, topic: &str, make: impl FnOnce(u64) -> Frame) -> Published {
+        self.hub.publish(topic, make)
+    }
+
+    /// `(subscribers on all workers, last sequence number)` of a topic.
+    pub fn topic_info(&self, topic: &str) -> (u64, u64) {
+        self.hub.topic_info(topic)
+    }
+
+    /// `(topics with subscribers, total subscriptions)`.
+    pub fn topic_totals(&self) -> (u64, u64) {
+        self.hub.topic_totals()
     }
 
     /// Queue `frame` on one connection. False if the id names no worker;

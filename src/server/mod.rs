@@ -23,7 +23,7 @@ mod worker;
 
 pub use config::Config;
 pub use handler::{CloseReason, ConnInfo, Context, Handler};
-pub use hub::{ConnId, Frame, Handle, Stats, WorkerStats};
+pub use hub::{ConnId, Frame, Handle, Published, Stats, WorkerStats};
 pub use response::Response;
 pub use worker::Worker;
 

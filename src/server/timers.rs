@@ -1,9 +1,12 @@
-//! Per-worker deadlines. Every timeout of a kind has the same length, so
-//! deadlines are pushed in time order and a FIFO queue per kind is a sorted
-//! list: adding is O(1), expiring pops from the front, and an entry whose
-//! connection has moved on (checked by generation and state) is skipped.
+//! Per-worker deadlines. Handshake and close deadlines all have the same
+//! length, so they are pushed in time order and a FIFO queue per kind is a
+//! sorted list: adding is O(1), expiring pops from the front. Heartbeat
+//! checks (one per open connection, re-armed from its last activity) live
+//! in a binary heap. An entry whose connection has moved on (checked by
+//! generation and state) is skipped when it comes due.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The kinds of deadline a connection can have.
@@ -14,6 +17,8 @@ pub(crate) enum TimerKind {
     /// Our close frame was sent (or a final HTTP answer): the peer must be
     /// gone by then.
     Closing,
+    /// Check an open connection's silence: ping it, or close it as idle.
+    Heartbeat,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +34,7 @@ pub(crate) struct Entry {
 pub(crate) struct Timers {
     handshake: VecDeque<Entry>,
     closing: VecDeque<Entry>,
+    heartbeat: BinaryHeap<Reverse<(Instant, u32, u32)>>,
 }
 
 impl Timers {
@@ -42,16 +48,22 @@ impl Timers {
         match kind {
             TimerKind::Handshake => self.handshake.push_back(e),
             TimerKind::Closing => self.closing.push_back(e),
+            TimerKind::Heartbeat => self.heartbeat.push(Reverse((at, key as u32, generation))),
         }
     }
 
     /// Time until the earliest deadline, if any.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        [self.handshake.front(), self.closing.front()]
-            .into_iter()
-            .flatten()
-            .map(|e| e.at.saturating_duration_since(now))
-            .min()
+        let hb = self.heartbeat.peek().map(|Reverse((at, _, _))| *at);
+        [
+            self.handshake.front().map(|e| e.at),
+            self.closing.front().map(|e| e.at),
+            hb,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|at| at.saturating_duration_since(now))
+        .min()
     }
 
     /// Pop every entry due at `now` into `out`.
@@ -63,6 +75,20 @@ impl Timers {
                 }
             }
         }
+        while self
+            .heartbeat
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            if let Some(Reverse((at, key, generation))) = self.heartbeat.pop() {
+                out.push(Entry {
+                    at,
+                    key,
+                    generation,
+                    kind: TimerKind::Heartbeat,
+                });
+            }
+        }
     }
 
     /// Drop entries (e.g. on a full drain) to give the memory back when queues are empty.
@@ -72,6 +98,9 @@ impl Timers {
         }
         if self.closing.is_empty() && self.closing.capacity() > 1024 {
             self.closing = VecDeque::new();
+        }
+        if self.heartbeat.is_empty() && self.heartbeat.capacity() > 1024 {
+            self.heartbeat = BinaryHeap::new();
         }
     }
 }

@@ -32,6 +32,11 @@ impl Topics {
         self.by_name.get(name).copied()
     }
 
+    /// The name of topic `id`.
+    pub fn name(&self, id: u32) -> Option<Arc<str>> {
+        self.list.get(id as usize).map(|t| t.name.clone())
+    }
+
     pub fn subscribers(&self, id: u32) -> &[u32] {
         self.list
             .get(id as usize)

@@ -143,6 +143,10 @@ pub(crate) struct Core {
     stats: LocalStats,
     next_generation: u32,
     now: Instant,
+    /// Start of the worker's millisecond clock (for `Conn::last_rx`).
+    epoch: Instant,
+    /// `now` on that clock.
+    ms: u32,
     draining: bool,
 }
 
@@ -227,8 +231,68 @@ impl Core {
             stats: LocalStats::default(),
             next_generation: 0,
             now: Instant::now(),
+            epoch: Instant::now(),
+            ms: 0,
             draining: false,
         }
+    }
+
+    /// Read the clock once per turn.
+    fn tick(&mut self) {
+        self.now = Instant::now();
+        // Milliseconds, wrapping: only differences are used.
+        self.ms = self.now.duration_since(self.epoch).as_millis() as u32;
+    }
+
+    /// Arm the first heartbeat check of a newly opened connection.
+    fn arm_heartbeat(&mut self, key: usize, generation: u32) {
+        let first = match (self.cfg.ping_interval, self.cfg.idle_timeout) {
+            (Some(p), Some(i)) => p.min(i),
+            (Some(p), None) => p,
+            (None, Some(i)) => i,
+            (None, None) => return,
+        };
+        self.timers
+            .add(TimerKind::Heartbeat, self.now + first, key, generation);
+    }
+
+    /// A heartbeat check came due: close an idle connection, ping a quiet
+    /// one, and re-arm from its last activity.
+    fn heartbeat(&mut self, key: usize) {
+        let now_ms = self.ms;
+        let (ping, idle) = (self.cfg.ping_interval, self.cfg.idle_timeout);
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let silent = Duration::from_millis(now_ms.wrapping_sub(c.last_rx) as u64);
+        let generation = c.generation;
+        if idle.is_some_and(|i| silent >= i) {
+            log::debug!(
+                "conn {}: idle for {silent:?}, closing",
+                ConnId::new(self.index, key, generation)
+            );
+            c.close_reason.get_or_insert(CloseReason::IdleTimeout);
+            c.phase = Phase::Lingering;
+            c.flags |= CLOSE_AFTER_FLUSH | CLOSE_DONE;
+            self.queue_raw(key, |v| {
+                encode::close_into(v, Some(close::GOING_AWAY), "idle timeout")
+            });
+            return;
+        }
+        let mut next = Duration::MAX;
+        if let Some(p) = ping {
+            if silent >= p {
+                self.queue_raw(key, |v| encode::frame_into(v, OpCode::Ping, b""));
+                next = p;
+            } else {
+                next = p - silent;
+            }
+        }
+        if let Some(i) = idle {
+            next = next.min(i - silent);
+        }
+        self.timers
+            .add(TimerKind::Heartbeat, self.now + next, key, generation);
     }
 
     /// The slab key of a live connection with this id.
@@ -316,7 +380,12 @@ impl Core {
         }
         let sub = self.topics.subscribe(topic, key);
         c.subs.push(sub);
+        self.handle.hub().subscription_changed(topic, self.index, 1);
         true
+    }
+
+    pub fn peer_addr(&self, key: usize) -> Option<std::net::SocketAddr> {
+        self.conns.get(key).and_then(|c| c.stream.peer_addr().ok())
     }
 
     pub fn unsubscribe(&mut self, key: usize, topic: &str) -> bool {
@@ -341,6 +410,11 @@ impl Core {
     /// Remove a subscription from its topic and fix the position recorded by
     /// the connection whose entry moved into its place.
     fn drop_sub(&mut self, sub: Sub) {
+        if let Some(name) = self.topics.name(sub.topic) {
+            self.handle
+                .hub()
+                .subscription_changed(&name, self.index, -1);
+        }
         if let Some((moved, pos)) = self.topics.unsubscribe(sub) {
             if let Some(mc) = self.conns.get_mut(moved) {
                 for s in mc.subs.iter_mut().filter(|s| s.topic == sub.topic) {
@@ -553,6 +627,7 @@ impl Core {
                 self.stats.closed_handshake_timeout_total += 1;
                 self.kill(key, None);
             }
+            (TimerKind::Heartbeat, Phase::Open) => self.heartbeat(key),
             (TimerKind::Closing, Phase::Closing | Phase::Lingering) => {
                 log::debug!("conn {}: close timeout", self.id_of(key));
                 self.kill(key, Some(CloseReason::Abnormal));
@@ -672,6 +747,9 @@ impl<H: Handler> App<H> {
             }
             c.phase = Phase::Open;
             c.flags |= UPGRADED;
+            let generation = c.generation;
+            c.last_rx = core.ms;
+            core.arm_heartbeat(key, generation);
             core.stats.upgrades_total += 1;
             core.stats.websockets += 1;
             core.queue_raw(key, |v| handshake::write_accept(&acc, v));
@@ -785,7 +863,7 @@ impl<H: Handler> Loop<H> {
                     return Err(e);
                 }
             }
-            self.core.now = Instant::now();
+            self.core.tick();
 
             let mut accept_ready = false;
             for ev in events.iter() {
@@ -1025,6 +1103,7 @@ impl<H: Handler> Loop<H> {
                 Ok(0) => return core.kill(key, Some(CloseReason::Abnormal)),
                 Ok(n) => {
                     core.stats.bytes_in_total += n as u64;
+                    c.last_rx = core.ms;
                     app.process_ws(core, key, &mut readbuf[..n]);
                     if n < readbuf.len() {
                         return;
