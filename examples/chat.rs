@@ -26,7 +26,12 @@ struct Chat;
 impl Handler for Chat {
     type Conn = String;
 
-    fn on_upgrade(&mut self, req: &Request<'_>, info: &ConnInfo<'_>, _: &mut Context<'_>) -> Result<String, Response> {
+    fn on_upgrade(
+        &mut self,
+        req: &Request<'_>,
+        info: &ConnInfo<'_>,
+        _: &mut Context<'_>,
+    ) -> Result<String, Response> {
         match req.path {
             "/chat" => Ok(format!("guest-{}", info.id.as_u64() % 10_000)),
             _ => Err(Response::not_found()),

@@ -2,10 +2,12 @@
 //!
 //! - [`protocol`]: the sans-IO RFC 6455 core (HTTP parser, handshake, frames).
 //! - [`server`]: the runtime: mio workers, fan-out hub, the embedding API.
-//! - [`daemon`]: the `wspush` daemon: flags, endpoints, signals.
+//! - [`push`]: the push service: channels, the client protocol, the HTTP API, auth, metrics.
+//! - [`daemon`]: the `wspush` daemon: flags, signals, drain.
 
 #![warn(missing_docs)]
 
 pub mod daemon;
 pub mod protocol;
+pub mod push;
 pub mod server;

@@ -1,21 +1,24 @@
 //! The `wspush` daemon: command-line flags, the built-in endpoints, signal
 //! handling and the graceful drain.
 
-pub mod routes;
-
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-use crate::protocol::HandshakeConfig;
+use crate::protocol::{HandshakeConfig, HttpLimits};
+use crate::push::channel::Pattern;
+use crate::push::{auth, PushConfig, PushService, Shared};
 use crate::server::{Config, Handle, Server};
 
 /// Command-line flags of the `wspush` daemon.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wspush", version, about = "WebSocket real-time push server")]
 pub struct Args {
+    /// `token`: mint a client token instead of running the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address to listen on (HTTP and WebSocket on the same port).
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub listen: SocketAddr,
@@ -50,6 +53,55 @@ pub struct Args {
     /// before exiting, e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Send a protocol ping to a connection silent for this long (`0` disables).
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// Close a connection that sent nothing (not even a pong) for this long;
+    /// this reaps peers that vanished without a FIN (`0` disables).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most channels one connection may subscribe to.
+    #[arg(long, default_value_t = 128)]
+    pub max_channels_per_conn: usize,
+    /// Channels clients may publish on over their socket (repeatable pattern,
+    /// `*` matches any run of characters, e.g. `chat.*`). Default: none.
+    #[arg(long = "client-publish")]
+    pub client_publish: Vec<String>,
+    /// HS256 secret: when set, every WebSocket needs a JWT (`?token=` or
+    /// `Authorization: Bearer`) with `sub` (user id), `exp`, optional `channels`.
+    #[arg(long, env = "WSPUSH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Key for the backend HTTP API (`Authorization: Bearer <key>`). Without
+    /// it the API answers only clients on loopback.
+    #[arg(long, env = "WSPUSH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Serve the backend API (and /stats, /metrics) on this separate address
+    /// instead of the main port.
+    #[arg(long)]
+    pub api_listen: Option<SocketAddr>,
+    /// Largest body of an API request (a publication), in bytes; larger → 413.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_publish_size: usize,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print an HS256 client token for `--jwt-secret`.
+    Token {
+        /// The secret (as given to the server's --jwt-secret).
+        #[arg(long, env = "WSPUSH_JWT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, e.g. `1h`, `30m`, `3600s`.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Channel (or pattern) the token may subscribe to (repeatable); none: any.
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+    },
 }
 
 /// Parse `10s`, `500ms`, `2m` or a bare number of seconds.
@@ -64,7 +116,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => v / 1000.0,
         "s" => v,
         "m" => v * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+        "h" => v * 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m or h)")),
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("bad duration {s:?}"));
@@ -83,18 +136,41 @@ impl Args {
             max_buffered: self.max_buffered,
             handshake_timeout: self.handshake_timeout,
             drain_timeout: self.drain_timeout,
+            ping_interval: Some(self.ping_interval).filter(|d| !d.is_zero()),
+            idle_timeout: Some(self.idle_timeout).filter(|d| !d.is_zero()),
             handshake: HandshakeConfig {
                 protocols: self.protocols.clone(),
                 origins: self.origins.clone(),
             },
+            http: HttpLimits {
+                max_body: self.max_publish_size,
+                ..HttpLimits::default()
+            },
             ..Config::default()
+        }
+    }
+
+    /// The push service settings these flags describe.
+    pub fn push_config(&self) -> PushConfig {
+        PushConfig {
+            client_publish: self
+                .client_publish
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect(),
+            max_channels_per_conn: self.max_channels_per_conn,
+            jwt_secret: self.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            api_key: self.api_key.as_ref().map(|s| s.as_bytes().to_vec()),
+            api_on_main: self.api_listen.is_none(),
+            ..PushConfig::default()
         }
     }
 }
 
 /// Block SIGINT and SIGTERM in this thread (and the threads it starts
-/// later) and return a thread that waits for them and begins the drain.
-fn watch_signals(handle: Handle) -> io::Result<()> {
+/// later) and start a thread that waits for them and begins the drain of
+/// every server given.
+fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
     // SAFETY: plain libc calls on a local, zero-initialised signal set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -115,40 +191,105 @@ fn watch_signals(handle: Handle) -> io::Result<()> {
             if rc != 0 {
                 continue;
             }
-            if handle.is_shutting_down() {
+            if handles.iter().all(Handle::is_shutting_down) {
                 log::warn!("signal {sig} again: still draining");
             } else {
                 log::info!("signal {sig}: shutting down (closing clients with 1001)");
-                handle.shutdown();
+                for h in &handles {
+                    h.shutdown();
+                }
             }
         })?;
     Ok(())
 }
 
-/// Run the daemon until a signal ends the drain.
+/// Run the daemon until a signal ends the drain (or run a subcommand).
 pub fn run(args: Args) -> io::Result<()> {
-    // Signals must be blocked before the worker threads exist.
+    if let Some(Command::Token {
+        secret,
+        sub,
+        ttl,
+        channels,
+    }) = &args.command
+    {
+        let exp = crate::push::unix_now() + ttl.as_secs();
+        let chans = (!channels.is_empty()).then_some(channels.as_slice());
+        println!(
+            "{}",
+            auth::mint_hs256(secret.as_bytes(), sub, Some(exp), chans)
+        );
+        return Ok(());
+    }
     let cfg = args.config();
+    let shared = Shared::new(args.push_config());
+    let s2 = shared.clone();
     let server = Server::builder()
         .config(cfg.clone())
-        .build(|_, _| routes::Routes)?;
-    watch_signals(server.handle())?;
-    let workers = server.handle().workers();
+        .build(move |_, h| PushService::new(s2.clone(), h))?;
+    let main_handle = server.handle();
+    let api = match args.api_listen {
+        Some(addr) => {
+            let api_cfg = Config {
+                listen: addr,
+                workers: 1,
+                ..cfg.clone()
+            };
+            let (s3, h3) = (shared.clone(), main_handle.clone());
+            Some(
+                Server::builder()
+                    .config(api_cfg)
+                    .build(move |_, _| PushService::api_only(s3.clone(), h3.clone()))?,
+            )
+        }
+        None => None,
+    };
+    let mut handles = vec![main_handle.clone()];
+    handles.extend(api.as_ref().map(|a| a.handle()));
+    // Signals must be blocked before the worker threads exist.
+    watch_signals(handles)?;
     log::info!(
-        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, drain-timeout {:?}, protocols {:?}, origins {}",
+        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {:?}, idle-timeout {:?}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}",
         server.local_addr(),
-        workers,
+        main_handle.workers(),
         cfg.max_connections,
         cfg.max_message_size,
         cfg.max_buffered,
         cfg.handshake_timeout,
+        cfg.ping_interval,
+        cfg.idle_timeout,
         cfg.drain_timeout,
         cfg.handshake.protocols,
         if cfg.handshake.origins.is_empty() { "any".to_string() } else { cfg.handshake.origins.join(",") },
+        args.client_publish,
+        if args.jwt_secret.is_some() { "required (HS256)" } else { "not required" },
     );
-    let handle = server.handle();
+    match (&api, &args.api_key) {
+        (Some(a), Some(_)) => log::info!("API on {} (API key required)", a.local_addr()),
+        (Some(a), None) => log::warn!(
+            "API on {} without --api-key: answering loopback clients only",
+            a.local_addr()
+        ),
+        (None, Some(_)) => log::info!("API on the main port (API key required)"),
+        (None, None) => {
+            log::warn!("API on the main port without --api-key: answering loopback clients only")
+        }
+    }
+    let api_thread = match api {
+        Some(a) => Some(
+            std::thread::Builder::new()
+                .name("wspush-api".into())
+                .spawn(move || a.run())?,
+        ),
+        None => None,
+    };
     server.run()?;
-    let st = handle.stats();
+    if let Some(t) = api_thread {
+        match t.join() {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::other("API server thread panicked")),
+        }
+    }
+    let st = main_handle.stats();
     log::info!(
         "wspush stopped after {:.1}s: {} connections accepted, {} messages in, {} out",
         st.uptime_secs,

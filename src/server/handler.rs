@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::hub::{ConnId, Frame, Handle, Published};
 use super::response::Response;
 use super::worker::Core;
-use crate::protocol::{Message, ProtocolError, Request};
+use crate::protocol::{HttpError, Message, ProtocolError, Request};
 
 /// Why a WebSocket connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +66,15 @@ pub trait Handler: Send + 'static {
     ) -> Response {
         let _ = (req, info, ctx);
         Response::not_found()
+    }
+
+    /// The response for a request refused before the handler saw it
+    /// (malformed, too large, failed RFC 6455 checks). Default: the status
+    /// with a one-line plain-text reason.
+    fn on_refuse(&mut self, err: HttpError) -> Response {
+        let mut r = Response::text(err.status(), format!("{}\n", err.reason()));
+        r.headers.push_str(err.extra_headers());
+        r
     }
 
     /// The connection is open (the 101 answer is queued).

@@ -485,14 +485,6 @@ impl Core {
         }
     }
 
-    /// Refuse a request with the error's status.
-    fn refuse(&mut self, key: usize, e: HttpError) {
-        log::debug!("conn {}: refused: {e}", self.id_of(key));
-        self.stats.refused(e.status());
-        self.queue_raw(key, |v| e.write_response(v));
-        self.linger(key);
-    }
-
     fn linger(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key) {
             c.phase = Phase::Lingering;
@@ -680,6 +672,13 @@ impl<H: Handler> App<H> {
         &mut self.states[key]
     }
 
+    /// Refuse a request with the handler's response for the error.
+    fn refuse(&mut self, core: &mut Core, key: usize, e: HttpError) {
+        log::debug!("conn {}: refused: {e}", core.id_of(key));
+        let resp = self.handler.on_refuse(e);
+        core.respond(key, &resp, true);
+    }
+
     /// Serve what the connection has sent while it speaks HTTP: refusals,
     /// plain requests (keep-alive), or the upgrade.
     fn serve_http(&mut self, core: &mut Core, key: usize, mut hs: Box<HttpState>) {
@@ -693,7 +692,7 @@ impl<H: Handler> App<H> {
                     }
                     return;
                 }
-                Err(e) => return core.refuse(key, e),
+                Err(e) => return self.refuse(core, key, e),
             };
             let id = core.id_of(key);
             let peer = core.conns.get(key).and_then(|c| c.stream.peer_addr().ok());
@@ -722,7 +721,7 @@ impl<H: Handler> App<H> {
             }
             let acc = match handshake::validate(&req, &cfg.handshake) {
                 Ok(acc) => acc,
-                Err(e) => return core.refuse(key, e),
+                Err(e) => return self.refuse(core, key, e),
             };
             let info = ConnInfo {
                 id,

@@ -1,0 +1,245 @@
+//! The backend HTTP API.
+//!
+//! | request | effect | answer |
+//! |---|---|---|
+//! | `POST /publish/{channel}` | push to the channel's subscribers | `{"channel","seq","recipients"}` |
+//! | `POST /broadcast` | push to every connection | `{"recipients"}` |
+//! | `POST /send/{connection_id}` | push to one connection | `{"connection","recipients"}` |
+//! | `POST /users/{user_id}/send` | push to every connection of a user | `{"user","recipients"}` |
+//! | `DELETE /connections/{id}` | close a connection (1000) | `{"connection","closed"}` |
+//! | `GET /stats`, `GET /metrics` | counters (JSON, Prometheus) | |
+//!
+//! The body of a push is its data: a JSON value when the request says
+//! `Content-Type: application/json`, else a string. With an API key every
+//! call needs `Authorization: Bearer <key>`; without one the API answers
+//! only clients on loopback.
+
+use std::sync::atomic::Ordering;
+
+use super::channel::valid_name;
+use super::envelope::{self, json_str};
+use super::{auth, json_error, metrics, parse_conn_id, user_topic, PushService};
+use crate::protocol::http::percent_decode;
+use crate::protocol::{close, Request};
+use crate::server::{ConnInfo, Response};
+
+/// Longest user id accepted in a path.
+const MAX_USER_ID: usize = 256;
+
+/// Answer `req` if it is an API request; `None` if the path is not the API's.
+pub fn serve(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Option<Response> {
+    let path = req.path;
+    let route = Route::of(path)?;
+    // `GET /broadcast` is the chat room's WebSocket endpoint, not the API.
+    if route == Route::Broadcast && req.method != "POST" {
+        return None;
+    }
+    let allowed = route.method();
+    if req.method != allowed && !(allowed == "GET" && req.method == "HEAD") {
+        return Some(json_error(405, "method not allowed").header("Allow", allowed));
+    }
+    if let Err(resp) = authorize(svc, req, info) {
+        return Some(resp);
+    }
+    Some(match route {
+        Route::Stats => Response::json(200, metrics::stats_json(svc)),
+        Route::Metrics => Response::with_body(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::prometheus(svc),
+        ),
+        Route::Publish => publish(svc, req, &path["/publish/".len()..]),
+        Route::Broadcast => broadcast(svc, req),
+        Route::Send => send(svc, req, &path["/send/".len()..]),
+        Route::UserSend => user_send(svc, req, &path["/users/".len()..path.len() - "/send".len()]),
+        Route::Disconnect => disconnect(svc, &path["/connections/".len()..]),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Stats,
+    Metrics,
+    Publish,
+    Broadcast,
+    Send,
+    UserSend,
+    Disconnect,
+}
+
+impl Route {
+    fn of(path: &str) -> Option<Route> {
+        Some(match path {
+            "/stats" => Route::Stats,
+            "/metrics" => Route::Metrics,
+            "/broadcast" => Route::Broadcast,
+            p if p.starts_with("/publish/") => Route::Publish,
+            p if p.starts_with("/send/") => Route::Send,
+            p if p.starts_with("/users/")
+                && p.ends_with("/send")
+                && p.len() > "/users//send".len() =>
+            {
+                Route::UserSend
+            }
+            p if p.starts_with("/connections/") => Route::Disconnect,
+            _ => return None,
+        })
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Route::Stats | Route::Metrics => "GET",
+            Route::Disconnect => "DELETE",
+            _ => "POST",
+        }
+    }
+}
+
+/// API key when configured, else loopback only.
+fn authorize(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Result<(), Response> {
+    match &svc.shared().cfg.api_key {
+        Some(key) => {
+            let offered = req.header("authorization").and_then(auth::bearer);
+            match offered {
+                Some(k) if auth::api_key_matches(k.as_bytes(), key) => Ok(()),
+                Some(_) => {
+                    Err(json_error(401, "wrong API key").header("WWW-Authenticate", "Bearer"))
+                }
+                None => Err(
+                    json_error(401, "missing API key (Authorization: Bearer <key>)")
+                        .header("WWW-Authenticate", "Bearer"),
+                ),
+            }
+        }
+        None => {
+            if info.peer.is_some_and(|p| p.ip().is_loopback()) {
+                Ok(())
+            } else {
+                Err(json_error(
+                    403,
+                    "without --api-key the API only answers on loopback",
+                ))
+            }
+        }
+    }
+}
+
+/// The request body as the JSON text of the push's data.
+fn data_of(req: &Request<'_>) -> Result<String, Response> {
+    let is_json = req
+        .header_str("content-type")
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    let Ok(text) = std::str::from_utf8(req.body) else {
+        return Err(json_error(400, "body is not valid UTF-8"));
+    };
+    if is_json {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => Ok(v.to_string()),
+            Err(_) => Err(json_error(400, "body is not valid JSON")),
+        }
+    } else {
+        Ok(json_str(text))
+    }
+}
+
+fn count(svc: &PushService) {
+    svc.shared().publications.fetch_add(1, Ordering::Relaxed);
+}
+
+fn publish(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
+    let channel = percent_decode(raw).unwrap_or_default();
+    if !valid_name(&channel) {
+        return json_error(400, "channel names are [A-Za-z0-9_.:@-]{1,128}");
+    }
+    let data = match data_of(req) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let p = svc
+        .handle()
+        .publish_seq(&channel, |seq| envelope::channel_push(&channel, seq, &data));
+    count(svc);
+    Response::json(
+        200,
+        format!(
+            "{{\"channel\":{},\"seq\":{},\"recipients\":{}}}\n",
+            json_str(&channel),
+            p.seq,
+            p.recipients
+        ),
+    )
+}
+
+fn broadcast(svc: &PushService, req: &Request<'_>) -> Response {
+    let data = match data_of(req) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let recipients = svc
+        .handle()
+        .stats()
+        .total
+        .websockets
+        .load(Ordering::Relaxed);
+    svc.handle().broadcast(envelope::broadcast_push(&data));
+    count(svc);
+    Response::json(200, format!("{{\"recipients\":{recipients}}}\n"))
+}
+
+fn send(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
+    let Some(id) = parse_conn_id(raw) else {
+        return json_error(400, "connection ids are decimal numbers");
+    };
+    if !svc.shared().is_live(id.as_u64()) {
+        return json_error(404, "no such connection");
+    }
+    let data = match data_of(req) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    svc.handle().send(id, envelope::direct_push(&data));
+    count(svc);
+    Response::json(
+        200,
+        format!("{{\"connection\":\"{id}\",\"recipients\":1}}\n"),
+    )
+}
+
+fn user_send(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
+    let user = percent_decode(raw).unwrap_or_default();
+    if user.is_empty() || user.len() > MAX_USER_ID || user.contains('/') {
+        return json_error(400, "bad user id");
+    }
+    let data = match data_of(req) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let p = svc
+        .handle()
+        .publish(&user_topic(&user), envelope::direct_push(&data));
+    count(svc);
+    Response::json(
+        200,
+        format!(
+            "{{\"user\":{},\"recipients\":{}}}\n",
+            json_str(&user),
+            p.recipients
+        ),
+    )
+}
+
+fn disconnect(svc: &PushService, raw: &str) -> Response {
+    let Some(id) = parse_conn_id(raw) else {
+        return json_error(400, "connection ids are decimal numbers");
+    };
+    if !svc.shared().is_live(id.as_u64()) {
+        return json_error(404, "no such connection");
+    }
+    svc.handle()
+        .close(id, close::NORMAL, "closed by the server");
+    Response::json(
+        200,
+        format!("{{\"connection\":\"{id}\",\"closed\":true}}\n"),
+    )
+}

@@ -1,0 +1,228 @@
+//! The JSON the service speaks with clients: control messages in, replies
+//! and push envelopes out. Push envelopes are built once per publication.
+
+use serde_json::Value;
+
+use crate::server::Frame;
+
+/// A client's control message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// `{"op":"subscribe","channel":"x"}`
+    Subscribe(String),
+    /// `{"op":"unsubscribe","channel":"x"}`
+    Unsubscribe(String),
+    /// `{"op":"publish","channel":"x","data":...}` (data as JSON text)
+    Publish(String, String),
+    /// `{"op":"ping"}`
+    Ping,
+}
+
+/// A control message that could not be understood: error code and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadControl {
+    /// Machine-readable code, e.g. `invalid_json`.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: &'static str,
+}
+
+/// A parsed control message with the client's optional correlation `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// The message.
+    pub control: Result<Control, BadControl>,
+    /// The `id` field, echoed in the reply (JSON text).
+    pub id: Option<String>,
+}
+
+fn bad(code: &'static str, message: &'static str) -> Result<Control, BadControl> {
+    Err(BadControl { code, message })
+}
+
+/// Parse a text message from a client.
+pub fn parse(text: &str) -> Parsed {
+    let v: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => {
+            return Parsed {
+                control: bad("invalid_json", "message is not valid JSON"),
+                id: None,
+            }
+        }
+    };
+    let Value::Object(mut o) = v else {
+        return Parsed {
+            control: bad("invalid_message", "message must be a JSON object"),
+            id: None,
+        };
+    };
+    let id = o.get("id").map(|v| v.to_string());
+    let channel = || -> Result<String, BadControl> {
+        match o.get("channel") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            _ => Err(BadControl {
+                code: "invalid_message",
+                message: "missing string field \"channel\"",
+            }),
+        }
+    };
+    let control = match o.get("op").and_then(Value::as_str) {
+        Some("subscribe") => channel().map(Control::Subscribe),
+        Some("unsubscribe") => channel().map(Control::Unsubscribe),
+        Some("publish") => match (channel(), o.remove("data")) {
+            (Ok(c), Some(d)) => Ok(Control::Publish(c, d.to_string())),
+            (Err(e), _) => Err(e),
+            (_, None) => bad("invalid_message", "missing field \"data\""),
+        },
+        Some("ping") => Ok(Control::Ping),
+        Some(_) => bad("unknown_op", "unknown op"),
+        None => bad("invalid_message", "missing string field \"op\""),
+    };
+    Parsed { control, id }
+}
+
+/// Append `,"id":<id>` when the client gave one.
+fn with_id(mut s: String, id: Option<&str>) -> String {
+    if let Some(id) = id {
+        s.pop();
+        s.push_str(",\"id\":");
+        s.push_str(id);
+        s.push('}');
+    }
+    s
+}
+
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// `{"op":"<op>","channel":"x"}` (+ id).
+pub fn reply_channel(op: &str, channel: &str, id: Option<&str>) -> String {
+    with_id(
+        format!("{{\"op\":\"{op}\",\"channel\":{}}}", json_str(channel)),
+        id,
+    )
+}
+
+/// `{"op":"published","channel":"x","seq":N}` (+ id).
+pub fn reply_published(channel: &str, seq: u64, id: Option<&str>) -> String {
+    with_id(
+        format!(
+            "{{\"op\":\"published\",\"channel\":{},\"seq\":{seq}}}",
+            json_str(channel)
+        ),
+        id,
+    )
+}
+
+/// `{"op":"pong"}` (+ id).
+pub fn reply_pong(id: Option<&str>) -> String {
+    with_id("{\"op\":\"pong\"}".to_string(), id)
+}
+
+/// `{"op":"error","code":"...","message":"..."}` (+ id).
+pub fn reply_error(code: &str, message: &str, id: Option<&str>) -> String {
+    with_id(
+        format!(
+            "{{\"op\":\"error\",\"code\":{},\"message\":{}}}",
+            json_str(code),
+            json_str(message)
+        ),
+        id,
+    )
+}
+
+/// The first message on a `/ws` connection.
+pub fn welcome(connection: u64, user: Option<&str>, channels: &[String]) -> String {
+    let user = user.map(json_str).unwrap_or_else(|| "null".into());
+    let chans: Vec<String> = channels.iter().map(|c| json_str(c)).collect();
+    format!(
+        "{{\"op\":\"welcome\",\"connection\":\"{connection}\",\"user\":{user},\"channels\":[{}]}}",
+        chans.join(",")
+    )
+}
+
+/// The push for a channel publication: `{"channel":"x","seq":N,"data":D}`,
+/// encoded once into a shared frame. `data` is JSON text.
+pub fn channel_push(channel: &str, seq: u64, data: &str) -> Frame {
+    let mut s = String::with_capacity(channel.len() + data.len() + 40);
+    s.push_str("{\"channel\":");
+    s.push_str(&json_str(channel));
+    s.push_str(",\"seq\":");
+    s.push_str(&seq.to_string());
+    s.push_str(",\"data\":");
+    s.push_str(data);
+    s.push('}');
+    Frame::text(&s)
+}
+
+/// The push for a broadcast: `{"broadcast":true,"data":D}`.
+pub fn broadcast_push(data: &str) -> Frame {
+    Frame::text(&format!("{{\"broadcast\":true,\"data\":{data}}}"))
+}
+
+/// The push for a targeted send: `{"direct":true,"data":D}`.
+pub fn direct_push(data: &str) -> Frame {
+    Frame::text(&format!("{{\"direct\":true,\"data\":{data}}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_op_and_rejects_garbage() {
+        assert_eq!(
+            parse(r#"{"op":"subscribe","channel":"a"}"#).control,
+            Ok(Control::Subscribe("a".into()))
+        );
+        assert_eq!(
+            parse(r#"{"op":"unsubscribe","channel":"a"}"#).control,
+            Ok(Control::Unsubscribe("a".into()))
+        );
+        assert_eq!(
+            parse(r#"{"op":"publish","channel":"a","data":{"k":[1,2]}}"#).control,
+            Ok(Control::Publish("a".into(), r#"{"k":[1,2]}"#.into()))
+        );
+        let p = parse(r#"{"op":"ping","id":7}"#);
+        assert_eq!(p.control, Ok(Control::Ping));
+        assert_eq!(p.id.as_deref(), Some("7"));
+        assert_eq!(parse("nope").control.unwrap_err().code, "invalid_json");
+        assert_eq!(parse("[1]").control.unwrap_err().code, "invalid_message");
+        assert_eq!(
+            parse(r#"{"op":"dance"}"#).control.unwrap_err().code,
+            "unknown_op"
+        );
+        assert_eq!(
+            parse(r#"{"op":"subscribe"}"#).control.unwrap_err().code,
+            "invalid_message"
+        );
+        assert_eq!(
+            parse(r#"{"op":"publish","channel":"a"}"#)
+                .control
+                .unwrap_err()
+                .code,
+            "invalid_message"
+        );
+    }
+
+    #[test]
+    fn envelopes_are_valid_json() {
+        for s in [
+            reply_channel("subscribed", "a", Some("\"x\"")),
+            reply_published("a", 3, None),
+            reply_pong(Some("1")),
+            reply_error("forbidden", "no \"quotes\" here", None),
+            welcome(42, Some("u\"1"), &["a".into(), "b".into()]),
+        ] {
+            let v: Value = serde_json::from_str(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert!(v.is_object());
+        }
+        let f = channel_push("a", 5, "{\"x\":1}");
+        let v: Value = serde_json::from_slice(&f.bytes()[2..]).unwrap();
+        assert_eq!(v["seq"], 5);
+        assert_eq!(v["data"]["x"], 1);
+    }
+}

@@ -1,0 +1,497 @@
+//! The push service: what the `wspush` daemon runs.
+//!
+//! Clients connect to `GET /ws` (optionally `?channel=a&channel=b` and
+//! `?token=JWT`), subscribe and unsubscribe with JSON control messages, and
+//! receive every publication on their channels as
+//! `{"channel":"x","seq":N,"data":...}`. Backends publish through the HTTP
+//! API ([`api`]). The same handler also serves the benchmark endpoints
+//! `/echo` and `/broadcast`, the demo page at `/`, and the operator
+//! endpoints `/stats`, `/metrics` and `/healthz`.
+//!
+//! - [`channel`]: channel names and patterns.
+//! - [`envelope`]: the JSON spoken with clients.
+//! - [`auth`]: JWT (HS256) and API keys.
+//! - [`api`]: the backend HTTP API.
+//! - [`metrics`]: `/stats` and `/metrics`.
+
+pub mod api;
+pub mod auth;
+pub mod channel;
+pub mod envelope;
+pub mod metrics;
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::protocol::http::percent_decode;
+use crate::protocol::{close, HttpError, Message, Request};
+use crate::server::{CloseReason, ConnId, ConnInfo, Context, Frame, Handle, Handler, Response};
+
+use channel::{any_matches, valid_name, Pattern};
+use envelope::Control;
+
+/// The demo page served at `GET /`.
+pub const PAGE: &str = include_str!("page.html");
+
+/// The topic of the `/broadcast` chat room (not a valid channel name, so
+/// clients cannot reach it through `/ws`).
+pub const ROOM_TOPIC: &str = "#room:/broadcast";
+
+/// The internal topic of a user's connections.
+pub fn user_topic(user: &str) -> String {
+    format!("#user:{user}")
+}
+
+/// Settings of the push service.
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// Channels clients may publish on themselves (`--client-publish`).
+    pub client_publish: Vec<Pattern>,
+    /// Most channels one connection may subscribe to.
+    pub max_channels_per_conn: usize,
+    /// HS256 secret; when set, every WebSocket needs a valid token.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// API key for the backend API; without one the API answers on loopback only.
+    pub api_key: Option<Vec<u8>>,
+    /// Serve the API on the main port (false when it has its own listener).
+    pub api_on_main: bool,
+    /// Errors a client may make in a burst before it is closed with 1008.
+    pub max_strikes: u32,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            client_publish: Vec::new(),
+            max_channels_per_conn: 128,
+            jwt_secret: None,
+            api_key: None,
+            api_on_main: true,
+            max_strikes: 10,
+        }
+    }
+}
+
+/// State shared by the handlers of all workers (and the API listener).
+#[derive(Debug)]
+pub struct Shared {
+    /// The settings.
+    pub cfg: PushConfig,
+    /// Ids of the open `/ws` connections, sharded to keep locks short.
+    live: Vec<Mutex<HashSet<u64>>>,
+    /// Publications accepted (API and clients).
+    pub publications: AtomicU64,
+}
+
+const LIVE_SHARDS: usize = 16;
+
+impl Shared {
+    /// Shared state for a service with these settings.
+    pub fn new(cfg: PushConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            cfg,
+            live: (0..LIVE_SHARDS)
+                .map(|_| Mutex::new(HashSet::new()))
+                .collect(),
+            publications: AtomicU64::new(0),
+        })
+    }
+
+    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        let m = &self.live[(id as usize) % LIVE_SHARDS];
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `id` is an open `/ws` connection.
+    pub fn is_live(&self, id: u64) -> bool {
+        self.shard(id).contains(&id)
+    }
+}
+
+/// Which endpoint a connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/ws`: the push protocol.
+    Push,
+    /// `/echo`: echoes every message.
+    Echo,
+    /// `/broadcast`: the chat room.
+    Room,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub struct Session {
+    kind: Kind,
+    user: Option<Arc<str>>,
+    /// The token's `channels` claim, if any.
+    allowed: Option<Arc<auth::Claims>>,
+    /// Channels from the query string, subscribed on open.
+    initial: Vec<String>,
+    /// Recent errors (decaying by one per second) and when they were counted.
+    strikes: u32,
+    strike_at: Option<Instant>,
+}
+
+impl Session {
+    fn allows(&self, channel: &str) -> bool {
+        self.allowed.as_ref().is_none_or(|c| c.allows(channel))
+    }
+}
+
+/// Whether the route takes WebSocket upgrades.
+fn ws_kind(path: &str) -> Option<Kind> {
+    match path {
+        "/ws" => Some(Kind::Push),
+        "/echo" => Some(Kind::Echo),
+        "/broadcast" => Some(Kind::Room),
+        _ => None,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A JSON error response: `{"error":"...","status":N}`.
+pub fn json_error(status: u16, message: &str) -> Response {
+    Response::json(
+        status,
+        format!(
+            "{{\"error\":{},\"status\":{status}}}\n",
+            envelope::json_str(message)
+        ),
+    )
+}
+
+/// The push service handler (one per worker).
+#[derive(Debug, Clone)]
+pub struct PushService {
+    shared: Arc<Shared>,
+    /// The handle of the server whose clients this service pushes to.
+    handle: Handle,
+    /// Only the API (a separate `--api-listen` server): no WebSockets, no page.
+    api_only: bool,
+}
+
+impl PushService {
+    /// The handler for the main server.
+    pub fn new(shared: Arc<Shared>, handle: Handle) -> Self {
+        PushService {
+            shared,
+            handle,
+            api_only: false,
+        }
+    }
+
+    /// The handler for a separate API listener, pushing through `main`.
+    pub fn api_only(shared: Arc<Shared>, main: Handle) -> Self {
+        PushService {
+            shared,
+            handle: main,
+            api_only: true,
+        }
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The handle pushes go through.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Check the token of an upgrade request, if tokens are required.
+    fn authenticate(&self, req: &Request<'_>) -> Result<Option<auth::Claims>, Response> {
+        let Some(secret) = &self.shared.cfg.jwt_secret else {
+            return Ok(None);
+        };
+        let from_query = req
+            .query_pairs()
+            .find(|(k, _)| *k == "token")
+            .and_then(|(_, v)| percent_decode(v));
+        let token = match from_query {
+            Some(t) => Some(t),
+            None => req
+                .header("authorization")
+                .and_then(auth::bearer)
+                .map(str::to_string),
+        };
+        let result = match token {
+            Some(t) => auth::verify_hs256(&t, secret, unix_now()),
+            None => Err(auth::AuthError::Missing),
+        };
+        match result {
+            Ok(claims) => Ok(Some(claims)),
+            Err(e) => {
+                log::debug!("upgrade refused: token: {}", e.message());
+                Err(json_error(401, e.message()).header("WWW-Authenticate", "Bearer"))
+            }
+        }
+    }
+
+    fn strike(
+        &self,
+        s: &mut Session,
+        ctx: &mut Context<'_>,
+        code: &str,
+        message: &str,
+        id: Option<&str>,
+    ) {
+        let now = Instant::now();
+        let decay = s
+            .strike_at
+            .map(|t| now.duration_since(t).as_secs() as u32)
+            .unwrap_or(0);
+        s.strikes = s.strikes.saturating_sub(decay) + 1;
+        if decay > 0 || s.strike_at.is_none() {
+            s.strike_at = Some(now);
+        }
+        if s.strikes > self.shared.cfg.max_strikes {
+            ctx.send_text(&envelope::reply_error(
+                "rate_limited",
+                "too many invalid messages",
+                id,
+            ));
+            log::debug!("conn {}: too many invalid messages, closing", ctx.id());
+            ctx.close(close::POLICY_VIOLATION, "too many invalid messages");
+        } else {
+            ctx.send_text(&envelope::reply_error(code, message, id));
+        }
+    }
+
+    fn control(&self, s: &mut Session, text: &str, ctx: &mut Context<'_>) {
+        let parsed = envelope::parse(text);
+        let id = parsed.id.as_deref();
+        let control = match parsed.control {
+            Ok(c) => c,
+            Err(e) => return self.strike(s, ctx, e.code, e.message, id),
+        };
+        match control {
+            Control::Ping => ctx.send_text(&envelope::reply_pong(id)),
+            Control::Subscribe(ch) => {
+                if !valid_name(&ch) {
+                    return self.strike(
+                        s,
+                        ctx,
+                        "invalid_channel",
+                        "channel names are [A-Za-z0-9_.:@-]{1,128}",
+                        id,
+                    );
+                }
+                if !s.allows(&ch) {
+                    return self.strike(
+                        s,
+                        ctx,
+                        "forbidden",
+                        "the token does not allow this channel",
+                        id,
+                    );
+                }
+                let own = usize::from(s.user.is_some());
+                if ctx.subscriptions().saturating_sub(own) >= self.shared.cfg.max_channels_per_conn
+                {
+                    return self.strike(
+                        s,
+                        ctx,
+                        "too_many_channels",
+                        "subscription limit reached",
+                        id,
+                    );
+                }
+                ctx.subscribe(&ch);
+                ctx.send_text(&envelope::reply_channel("subscribed", &ch, id));
+            }
+            Control::Unsubscribe(ch) => {
+                if !valid_name(&ch) {
+                    return self.strike(
+                        s,
+                        ctx,
+                        "invalid_channel",
+                        "channel names are [A-Za-z0-9_.:@-]{1,128}",
+                        id,
+                    );
+                }
+                if !ctx.unsubscribe(&ch) {
+                    return self.strike(
+                        s,
+                        ctx,
+                        "not_subscribed",
+                        "not subscribed to this channel",
+                        id,
+                    );
+                }
+                ctx.send_text(&envelope::reply_channel("unsubscribed", &ch, id));
+            }
+            Control::Publish(ch, data) => {
+                if !valid_name(&ch) {
+                    return self.strike(
+                        s,
+                        ctx,
+                        "invalid_channel",
+                        "channel names are [A-Za-z0-9_.:@-]{1,128}",
+                        id,
+                    );
+                }
+                if !any_matches(&self.shared.cfg.client_publish, &ch) || !s.allows(&ch) {
+                    return self.strike(
+                        s,
+                        ctx,
+                        "forbidden",
+                        "clients may not publish on this channel",
+                        id,
+                    );
+                }
+                let p = self
+                    .handle
+                    .publish_seq(&ch, |seq| envelope::channel_push(&ch, seq, &data));
+                self.shared
+                    .publications
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.send_text(&envelope::reply_published(&ch, p.seq, id));
+            }
+        }
+    }
+}
+
+impl Handler for PushService {
+    type Conn = Session;
+
+    fn on_upgrade(
+        &mut self,
+        req: &Request<'_>,
+        _: &ConnInfo<'_>,
+        _: &mut Context<'_>,
+    ) -> Result<Session, Response> {
+        let kind = match ws_kind(req.path) {
+            Some(k) if !self.api_only => k,
+            _ => return Err(json_error(404, "no WebSocket endpoint here")),
+        };
+        let claims = self.authenticate(req)?;
+        let mut initial = Vec::new();
+        if kind == Kind::Push {
+            for (k, v) in req.query_pairs() {
+                if k != "channel" {
+                    continue;
+                }
+                let ch = percent_decode(v).unwrap_or_default();
+                if !valid_name(&ch) {
+                    return Err(json_error(400, "channel names are [A-Za-z0-9_.:@-]{1,128}"));
+                }
+                if claims.as_ref().is_some_and(|c| !c.allows(&ch)) {
+                    return Err(json_error(403, "the token does not allow this channel"));
+                }
+                if !initial.contains(&ch) {
+                    initial.push(ch);
+                }
+            }
+            if initial.len() > self.shared.cfg.max_channels_per_conn {
+                return Err(json_error(400, "too many channels"));
+            }
+        }
+        let user = claims
+            .as_ref()
+            .and_then(|c| c.sub.as_deref())
+            .map(Arc::from);
+        let allowed = claims.filter(|c| c.channels.is_some()).map(Arc::new);
+        Ok(Session {
+            kind,
+            user,
+            allowed,
+            initial,
+            strikes: 0,
+            strike_at: None,
+        })
+    }
+
+    fn on_http(&mut self, req: &Request<'_>, info: &ConnInfo<'_>, _: &mut Context<'_>) -> Response {
+        if self.api_only || self.shared.cfg.api_on_main {
+            if let Some(resp) = api::serve(self, req, info) {
+                return resp;
+            }
+        }
+        if self.api_only {
+            return json_error(404, "not found");
+        }
+        match (req.method, req.path) {
+            ("GET" | "HEAD", "/") => Response::with_body(200, "text/html; charset=utf-8", PAGE),
+            ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
+            (_, p) if ws_kind(p).is_some() => Response::text(
+                426,
+                "this endpoint speaks WebSocket: send an Upgrade request\n",
+            )
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13"),
+            _ => json_error(404, "not found"),
+        }
+    }
+
+    fn on_refuse(&mut self, err: HttpError) -> Response {
+        let mut r = json_error(err.status(), err.reason());
+        r.headers.push_str(err.extra_headers());
+        r
+    }
+
+    fn on_open(&mut self, s: &mut Session, ctx: &mut Context<'_>) {
+        match s.kind {
+            Kind::Room => {
+                ctx.subscribe(ROOM_TOPIC);
+            }
+            Kind::Echo => {}
+            Kind::Push => {
+                let id = ctx.id().as_u64();
+                self.shared.shard(id).insert(id);
+                if let Some(user) = &s.user {
+                    ctx.subscribe(&user_topic(user));
+                }
+                let initial = std::mem::take(&mut s.initial);
+                for ch in &initial {
+                    ctx.subscribe(ch);
+                }
+                ctx.send_text(&envelope::welcome(id, s.user.as_deref(), &initial));
+            }
+        }
+    }
+
+    fn on_message(&mut self, s: &mut Session, msg: Message<'_>, ctx: &mut Context<'_>) {
+        match (s.kind, msg) {
+            (Kind::Echo, Message::Text(t)) => ctx.send_text(t),
+            (Kind::Echo, Message::Binary(b)) => ctx.send_binary(b),
+            (Kind::Room, Message::Text(t)) => {
+                ctx.publish(ROOM_TOPIC, Frame::text(t));
+            }
+            (Kind::Room, Message::Binary(b)) => {
+                ctx.publish(ROOM_TOPIC, Frame::binary(b));
+            }
+            (Kind::Push, Message::Text(t)) => self.control(s, t, ctx),
+            (Kind::Push, Message::Binary(_)) => self.strike(
+                s,
+                ctx,
+                "invalid_message",
+                "control messages are JSON text",
+                None,
+            ),
+            _ => {}
+        }
+    }
+
+    fn on_close(&mut self, s: &mut Session, _: CloseReason, ctx: &mut Context<'_>) {
+        if s.kind == Kind::Push {
+            let id = ctx.id().as_u64();
+            self.shared.shard(id).remove(&id);
+        }
+    }
+}
+
+/// Parse a connection id from its decimal form.
+pub fn parse_conn_id(s: &str) -> Option<ConnId> {
+    s.parse::<u64>().ok().map(ConnId::from_u64)
+}
