@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::close;
-use super::frame::{header_len, FrameHeader, OpCode, MAX_HEADER_LEN};
+use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use super::mask::apply_mask;
 
 /// Append one unmasked frame with FIN set to `out`.
@@ -37,9 +37,33 @@ pub fn frame_header_into(out: &mut Vec<u8>, fin: bool, opcode: OpCode, len: usiz
 /// Encode one unmasked, final frame into a fresh exact-size buffer shared by
 /// reference count: encode once, queue on every recipient.
 pub fn shared(opcode: OpCode, payload: &[u8]) -> Arc<[u8]> {
-    let mut v = Vec::with_capacity(header_len(payload.len(), false) + payload.len());
-    frame_into(&mut v, opcode, payload);
-    Arc::from(v)
+    // One allocation, written in place: building a Vec and converting it
+    // would allocate twice and copy the payload twice (the Arc needs its
+    // counts in front of the bytes).
+    let h = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: None,
+        len: payload.len() as u64,
+    };
+    let mut hb = [0u8; MAX_HEADER_LEN];
+    let n = h.write(&mut hb);
+    let total = n + payload.len();
+    let mut arc: Arc<[u8]> = std::iter::repeat(0u8).take(total).collect();
+    match Arc::get_mut(&mut arc) {
+        Some(buf) => {
+            buf[..n].copy_from_slice(&hb[..n]);
+            buf[n..].copy_from_slice(payload);
+            arc
+        }
+        // Unreachable: the Arc was just created and has no other owner.
+        None => {
+            let mut v = Vec::with_capacity(total);
+            frame_into(&mut v, opcode, payload);
+            Arc::from(v)
+        }
+    }
 }
 
 /// Append a close frame with `code` and `reason` (cut to 123 bytes on a
