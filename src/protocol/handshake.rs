@@ -59,7 +59,7 @@ pub fn validate<'c>(
     if req.minor_version < 1 {
         return Err(HttpError::UpgradeRequiresHttp11);
     }
-    if req.header("host").is_none_or(|h| h.is_empty()) {
+    if !matches!(req.header("host"), Some(h) if !h.is_empty()) {
         return Err(HttpError::MissingHost);
     }
     if !req.has_token("upgrade", "websocket") {
