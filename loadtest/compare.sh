@@ -40,13 +40,18 @@ if [ "$BUILD" = 1 ]; then
   (cd "$FWS" && cargo build --release)
   (cd "$TT" && cargo build --release)
 fi
-WSLOAD=$ROOT/target/release/wsload
+OUT=$ROOT/target/loadtest-compare/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT/bin"
+# Snapshot the binaries: a rebuild during the sitting must not change them.
+cp "$ROOT/target/release/wsload" "$ROOT/target/release/wspush" \
+  "$FWS/target/release/peer-fastwebsockets" "$TT/target/release/peer-tokio-tungstenite" "$OUT/bin/"
+WSLOAD=$OUT/bin/wsload
 
 server_cmd() { # name port
   case "$1" in
-    wspush) echo "$ROOT/target/release/wspush --listen 127.0.0.1:$2 --workers 1" ;;
-    fastwebsockets) echo "$FWS/target/release/peer-fastwebsockets --listen 127.0.0.1:$2" ;;
-    tokio-tungstenite) echo "$TT/target/release/peer-tokio-tungstenite --listen 127.0.0.1:$2" ;;
+    wspush) echo "$OUT/bin/wspush --listen 127.0.0.1:$2 --workers 1" ;;
+    fastwebsockets) echo "$OUT/bin/peer-fastwebsockets --listen 127.0.0.1:$2" ;;
+    tokio-tungstenite) echo "$OUT/bin/peer-tokio-tungstenite --listen 127.0.0.1:$2" ;;
     *) echo "unknown server $1" >&2; exit 2 ;;
   esac
 }
@@ -67,12 +72,10 @@ idle-10k|/echo idle -c 10000 -d 3
 EOC
 )
 
-OUT=$ROOT/target/loadtest-compare/$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$OUT"
 {
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo ?)"
+  echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo ?)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
 } | tee "$OUT/machine.txt"
 
 PORT=$((20000 + RANDOM % 20000))
