@@ -6,6 +6,7 @@
 #   loadtest/compare.sh                       # all cases, 3 repetitions
 #   loadtest/compare.sh --only 'echo|chat'    # cases whose name matches
 #   loadtest/compare.sh --reps 1 --duration 3 --servers "wspush fastwebsockets"
+#   loadtest/compare.sh --nice -10            # ahead of other work on a shared machine
 #
 # Servers run pinned to CPU 0 (taskset -c 0), wsload to CPU 1. Each run starts
 # a fresh server on a fresh port. Raw JSON per run and the summary go to
@@ -19,6 +20,7 @@ DUR=5
 ONLY=.
 SERVERS="wspush fastwebsockets tokio-tungstenite"
 BUILD=1
+NICE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS=$2; shift 2 ;;
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --servers) SERVERS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --nice) NICE=$2; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -74,10 +77,11 @@ EOC
 
 {
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
-  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); nice $NICE"
   echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo ?)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
 } | tee "$OUT/machine.txt"
 
+grep '^cpu' /proc/stat >"$OUT/stat.start"
 PORT=$((20000 + RANDOM % 20000))
 wait_listen() { # port
   for _ in $(seq 1 200); do
@@ -92,7 +96,7 @@ run_one() { # case-name server rep args...
   local path=$1; shift
   PORT=$((PORT + 1))
   # shellcheck disable=SC2046
-  taskset -c 0 $(server_cmd "$server" "$PORT") >"$OUT/server.log" 2>&1 &
+  nice -n "$NICE" taskset -c 0 $(server_cmd "$server" "$PORT") >"$OUT/server.log" 2>&1 &
   local spid=$!
   if ! wait_listen "$PORT"; then
     echo "  $server did not start" >&2
@@ -100,7 +104,7 @@ run_one() { # case-name server rep args...
     return
   fi
   local file="$OUT/$(echo "$name" | tr '/' '_').$server.$rep.json"
-  timeout 120 taskset -c 1 "$WSLOAD" "$@" --url "ws://127.0.0.1:$PORT$path" \
+  timeout 120 nice -n "$NICE" taskset -c 1 "$WSLOAD" "$@" --url "ws://127.0.0.1:$PORT$path" \
     --server-pid "$spid" --json -q --max-errors 1000000000 >"$file" 2>"$file.err" || true
   kill "$spid" 2>/dev/null || true
   wait "$spid" 2>/dev/null || true
@@ -125,7 +129,13 @@ for rep in $(seq 1 "$REPS"); do
   done <<<"$CASES"
 done
 
+grep '^cpu' /proc/stat >"$OUT/stat.end"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
+# Where the CPUs went during the sitting (others' niced work shows as "nice").
+paste "$OUT/stat.start" "$OUT/stat.end" | awk '{n = NF / 2; t = 0
+  for (i = 2; i <= n; i++) { d[i] = $(i + n) - $i; t += d[i] }
+  if (t > 0) printf "%s during the sitting: user %.0f%%, nice %.0f%%, system %.0f%%, idle %.0f%%, softirq %.0f%%\n",
+    $1, 100 * d[2] / t, 100 * d[3] / t, 100 * d[4] / t, 100 * d[5] / t, 100 * d[8] / t}' | tee -a "$OUT/machine.txt"
 python3 - "$OUT" "$SERVERS" "$CASES" <<'EOPY' | tee "$OUT/summary.md"
 import glob, json, os, statistics, sys
 out, servers, cases = sys.argv[1], sys.argv[2].split(), sys.argv[3]
@@ -142,36 +152,41 @@ metrics = {
                 ("failed", "failed handshakes")],
     "idle": [("server_bytes_per_conn", "server RSS bytes/conn"), ("server_rss_after_kb", "server RSS KiB at 10k")],
 }
-print(f"\n{open(os.path.join(out, 'machine.txt')).read().strip()}\n")
-hdr = "| case | metric | " + " | ".join(servers) + " | " + " | ".join(f"wspush/{s}" for s in servers if s != "wspush") + " |"
-print(hdr)
-print("|" + "---|" * (hdr.count("|") - 1))
+print("```text\n" + open(os.path.join(out, "machine.txt")).read().strip() + "\n```\n")
+others = [s for s in servers if s != "wspush"]
 for line in cases.strip().splitlines():
-    name = line.split("|")[0]
+    name, args = line.split("|", 1)
+    path, wsargs = args.split(" ", 1)
     fname = name.replace("/", "_")
-    kind = "chat" if name.startswith("chat") else name.split("-")[0]
-    kind = "bcast" if kind == "chat" else kind
+    kind = "bcast" if name.startswith("chat") else name.split("-")[0]
     runs = {s: [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{fname}.{s}.*.json")) if os.path.getsize(f) > 0]
             for s in servers}
     if not any(runs.values()):
         continue
-    errs = {s: max([r.get("errors", 0) for r in runs[s]] or [None]) if runs[s] else None for s in servers}
+    reps = max(len(r) for r in runs.values())
+    print(f"### {name}\n")
+    print(f"`loadtest/compare.sh --only '^{name}$'` — each run is "
+          f"`taskset -c 1 wsload {wsargs} --url ws://127.0.0.1:PORT{path} --server-pid PID` "
+          f"against a fresh server on CPU 0; median of {reps} runs.\n")
+    head = ["metric"] + servers + [f"wspush / {s}" for s in others]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for key, label in metrics[kind] + [("errors", "errors (max of runs)")]:
         med = {}
         for s in servers:
             vals = [r[key] for r in runs[s] if isinstance(r.get(key), (int, float))]
             if vals:
                 med[s] = max(vals) if key == "errors" else statistics.median(vals)
-        cells = []
+        if not med:
+            continue
+        cells = [label]
         for s in servers:
             v = med.get(s)
             cells.append("–" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"))
-        ratios = []
-        for s in servers:
-            if s == "wspush":
-                continue
+        for s in others:
             a, b = med.get("wspush"), med.get(s)
-            ratios.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) and key != "errors" else "")
-        print(f"| {name} | {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+            cells.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) and key != "errors" else "")
+        print("| " + " | ".join(cells) + " |")
+    print()
 print(f"\nmedians of the repetitions; raw runs in {out}")
 EOPY
