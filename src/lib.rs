@@ -11,3 +11,8 @@ pub mod daemon;
 pub mod protocol;
 pub mod push;
 pub mod server;
+
+/// The README's Rust example, compiled by `cargo test` so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
