@@ -927,3 +927,47 @@ fn every_protocol_error_carries_its_close_code() {
         assert_eq!(any.http_status(), None);
     }
 }
+
+#[test]
+fn decoding_on_after_a_utf8_error_never_yields_invalid_text() {
+    // Misuse (the stream is unusable after an error), but it must stay
+    // memory-safe: no `str` that is not UTF-8. The second fragment completes
+    // the pending code point and then fails, leaving the validator ahead of
+    // the assembly buffer unless the decoder abandons the message.
+    let c = cfg();
+    let mut dec = Decoder::new();
+    let mut f1 = frame(false, OpCode::Text, b"\xe2");
+    let mut f2 = frame(false, OpCode::Continuation, b"\x82\xac\xff");
+    let mut f3 = frame(true, OpCode::Continuation, b"a");
+    let mut f4 = frame(true, OpCode::Text, b"fresh");
+    assert_eq!(
+        dec.decode(&c, &mut f1).map(|d| d.message.is_none()),
+        Ok(true)
+    );
+    assert_eq!(
+        dec.decode(&c, &mut f2).map(|d| d.consumed),
+        Err(ProtocolError::InvalidUtf8)
+    );
+    match dec.decode(&c, &mut f3) {
+        Ok(d) => {
+            if let Some(Message::Text(t)) = d.message {
+                assert!(
+                    std::str::from_utf8(t.as_bytes()).is_ok(),
+                    "invalid str {:x?}",
+                    t.as_bytes()
+                );
+            }
+        }
+        Err(e) => assert_eq!(e, ProtocolError::UnexpectedContinuation),
+    }
+    // Decoding unmasked f1 and f2 in place: build them again.
+    let mut f1 = frame(false, OpCode::Text, b"\xe2");
+    let mut f2 = frame(false, OpCode::Continuation, b"\x82\xac\xff");
+    let mut dec = Decoder::new();
+    assert!(dec.decode(&c, &mut f1).is_ok());
+    assert!(dec.decode(&c, &mut f2).is_err());
+    assert_eq!(
+        dec.decode(&c, &mut f4).map(|d| d.message.map(Msg::from)),
+        Ok(Some(text("fresh")))
+    );
+}

@@ -329,10 +329,16 @@ impl Decoder {
 
     /// Append unmasked payload of the current data message, validating text.
     fn append_data(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
-        if self.msg == Some(OpCode::Text) {
-            self.utf8
-                .feed(chunk)
-                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        if self.msg == Some(OpCode::Text) && self.utf8.feed(chunk).is_err() {
+            // Abandon the message. `finish_assembled` relies on `buf` holding
+            // exactly the bytes the validator accepted; the validator may have
+            // consumed part of this rejected chunk, so a caller that went on
+            // decoding after this error (which it must not) could otherwise
+            // get a `str` that is not UTF-8.
+            self.msg = None;
+            self.buf.clear();
+            self.utf8.reset();
+            return Err(ProtocolError::InvalidUtf8);
         }
         let need = self.buf.len().saturating_add(chunk.len());
         if need > self.buf.capacity() {
