@@ -1,0 +1,591 @@
+//! The demo page (`GET /`) in real headless Chromium, driven through the
+//! DevTools protocol (CDP) over a tungstenite WebSocket.
+//!
+//! The daemon runs as a child process; Chromium opens
+//! `http://ADDR/?channel=demo&autoconnect=1`; the test reads the page's DOM
+//! with `Runtime.evaluate`, publishes through the HTTP API and waits for the
+//! push to appear on the page. It also drives the page's controls (subscribe,
+//! the send box, allowed and refused) and checks reconnect + re-subscribe
+//! after the server drops the connection.
+//!
+//! Without `/usr/bin/chromium` (or `$WSPUSH_CHROMIUM`) the test prints
+//! `SKIPPED: chromium not installed` and passes, unless
+//! `WSPUSH_REQUIRE_CHROMIUM=1` (set by `.ci/run`), in which case it fails.
+//!
+//! Every wait is bounded (generous limits against hangs, never a timing
+//! assertion); on failure the page's event list, Chromium's stderr and the
+//! daemon's log are printed.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{raw_exchange, status_of, Daemon};
+use serde_json::{json, Value};
+use tungstenite::protocol::WebSocket;
+use tungstenite::Message;
+
+/// Upper bound for the page to reach a state (Chromium's first start in a
+/// fresh profile can be slow on a loaded machine).
+const PAGE_LIMIT: Duration = Duration::from_secs(60);
+/// Upper bound for Chromium to print its DevTools address.
+const START_LIMIT: Duration = Duration::from_secs(60);
+/// Upper bound on one CDP answer.
+const CDP_LIMIT: Duration = Duration::from_secs(30);
+
+/// `/usr/bin/chromium`, or `$WSPUSH_CHROMIUM` when set.
+fn chromium_wanted() -> PathBuf {
+    std::env::var_os("WSPUSH_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+fn chromium_path() -> Option<PathBuf> {
+    let p = chromium_wanted();
+    p.exists().then_some(p)
+}
+
+/// Headless Chromium in its own process group, with a throwaway profile.
+/// Dropping it kills the whole group and removes the profile.
+struct Chromium {
+    child: Child,
+    profile: PathBuf,
+    stderr: Arc<Mutex<Vec<String>>>,
+    devtools: SocketAddr,
+}
+
+impl Chromium {
+    fn start(path: &PathBuf, url: &str) -> Chromium {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let profile =
+            std::env::temp_dir().join(format!("wspush-chromium-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&profile).expect("create Chromium profile dir");
+        let mut child = Command::new(path)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn chromium");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines2 = lines.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
+                if let Some(i) = line.find("DevTools listening on ws://") {
+                    let rest = &line[i + "DevTools listening on ws://".len()..];
+                    let host = rest.split('/').next().unwrap_or("").to_string();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(host);
+                    }
+                }
+                lines2.lock().unwrap().push(line);
+            }
+        });
+        let mut me = Chromium {
+            child,
+            profile,
+            stderr: lines,
+            devtools: "0.0.0.0:0".parse().unwrap(),
+        };
+        let host = match rx.recv_timeout(START_LIMIT) {
+            Ok(h) => h,
+            Err(_) => panic!(
+                "Chromium did not print its DevTools address within {START_LIMIT:?}; stderr:\n{}",
+                me.stderr_tail()
+            ),
+        };
+        me.devtools = host
+            .parse()
+            .unwrap_or_else(|_| panic!("DevTools address {host:?}"));
+        me
+    }
+
+    fn stderr_tail(&self) -> String {
+        tail(&self.stderr.lock().unwrap(), 40)
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group we created for our own child.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A plain HTTP/1.1 GET over a fresh TcpStream; the response body.
+fn http_get_body(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(CDP_LIMIT)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    // Read by Content-Length: Chromium's DevTools server keeps the
+    // connection open despite `Connection: close`.
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        out.extend_from_slice(&chunk[..n]);
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let complete = match len {
+                Some(len) => out.len() >= end + 4 + len,
+                None => n == 0,
+            };
+            if complete {
+                if status_of(&head) != 200 {
+                    return None;
+                }
+                let body = &out[end + 4..];
+                let body = &body[..len.unwrap_or(body.len()).min(body.len())];
+                return Some(String::from_utf8_lossy(body).into_owned());
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+/// One CDP session with a page target.
+struct Cdp {
+    ws: WebSocket<TcpStream>,
+    next_id: u64,
+    /// `Runtime.exceptionThrown` events: uncaught errors in the page.
+    exceptions: Vec<Value>,
+}
+
+impl Cdp {
+    /// Find the page target showing `url_prefix` and attach to it.
+    fn attach(chromium: &Chromium, url_prefix: &str) -> Cdp {
+        let deadline = Instant::now() + START_LIMIT;
+        let ws_url = loop {
+            let found = http_get_body(chromium.devtools, "/json/list")
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .and_then(|targets| {
+                    targets.as_array()?.iter().find_map(|t| {
+                        let is_page = t["type"] == "page";
+                        let url = t["url"].as_str().unwrap_or("");
+                        (is_page && url.starts_with(url_prefix))
+                            .then(|| t["webSocketDebuggerUrl"].as_str().map(String::from))
+                            .flatten()
+                    })
+                });
+            if let Some(u) = found {
+                break u;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Chromium page target for {url_prefix} within {START_LIMIT:?}; stderr:\n{}",
+                chromium.stderr_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stream = TcpStream::connect(chromium.devtools).expect("connect to DevTools");
+        stream.set_read_timeout(Some(CDP_LIMIT)).unwrap();
+        let (ws, _) = tungstenite::client(ws_url.as_str(), stream).expect("DevTools handshake");
+        let mut cdp = Cdp {
+            ws,
+            next_id: 1,
+            exceptions: Vec::new(),
+        };
+        // Report uncaught exceptions (including earlier ones) as events.
+        cdp.call("Runtime.enable", json!({}));
+        cdp
+    }
+
+    /// Call a CDP method and return its `result` (events in between are skipped).
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({"id": id, "method": method, "params": params}).to_string();
+        self.ws.send(Message::text(msg)).expect("send CDP command");
+        loop {
+            let m = self
+                .ws
+                .read()
+                .unwrap_or_else(|e| panic!("no CDP answer to {method}: {e}"));
+            let Message::Text(t) = m else { continue };
+            let v: Value = serde_json::from_str(&t).expect("CDP message is JSON");
+            if v["method"] == "Runtime.exceptionThrown" {
+                self.exceptions
+                    .push(v["params"]["exceptionDetails"].clone());
+            }
+            if v["id"] != json!(id) {
+                continue; // an event, or an answer to something else
+            }
+            if let Some(err) = v.get("error") {
+                panic!("CDP {method} failed: {err}");
+            }
+            return v["result"].clone();
+        }
+    }
+
+    /// Evaluate a JavaScript expression in the page; its value (by value).
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+        );
+        if let Some(ex) = r.get("exceptionDetails") {
+            panic!("page threw evaluating {expr}: {ex}");
+        }
+        r["result"]["value"].clone()
+    }
+}
+
+/// Everything the failure messages need.
+struct Env<'a> {
+    cdp: Cdp,
+    chromium: &'a Chromium,
+    daemon: &'a Daemon,
+}
+
+impl Env<'_> {
+    fn diagnostics(&mut self) -> String {
+        let state = self.cdp.eval(
+            "JSON.stringify({status: document.getElementById('status')?.textContent, \
+             conn: document.getElementById('conn-id')?.textContent, \
+             subs: document.getElementById('subscriptions')?.innerText, \
+             events: document.getElementById('events')?.innerText, \
+             log: document.getElementById('log')?.innerText})",
+        );
+        format!(
+            "page: {}\n--- chromium stderr ---\n{}\n--- daemon log ---\n{}",
+            state.as_str().unwrap_or("?"),
+            self.chromium.stderr_tail(),
+            tail(&self.daemon.log.lock().unwrap(), 40)
+        )
+    }
+
+    /// Poll `expr` until `ok` accepts its value; panic after [`PAGE_LIMIT`].
+    fn wait_for(&mut self, what: &str, expr: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PAGE_LIMIT;
+        loop {
+            let v = self.cdp.eval(expr);
+            if ok(&v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let d = self.diagnostics();
+                panic!("page never showed {what} within {PAGE_LIMIT:?} (last value: {v})\n{d}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn status(&mut self) -> Value {
+        self.cdp
+            .eval("document.getElementById('status')?.textContent ?? null")
+    }
+
+    /// The `.push` rows as `[channel cell, data cell]`, newest first.
+    fn pushes(&mut self) -> Value {
+        self.cdp.eval(
+            "[...document.querySelectorAll('#log .push')].map(r => \
+             [r.querySelector('.ch').textContent, r.querySelector('.data').textContent])",
+        )
+    }
+
+    fn wait_push(&mut self, channel_label: &str, data: &str) {
+        let expr = "[...document.querySelectorAll('#log .push')].map(r => \
+             [r.querySelector('.ch').textContent, r.querySelector('.data').textContent])";
+        self.wait_for(
+            &format!("a push on {channel_label} with {data}"),
+            expr,
+            |v| {
+                v.as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| {
+                        r[0].as_str() == Some(channel_label) && r[1].as_str() == Some(data)
+                    })
+                })
+            },
+        );
+    }
+
+    /// Fill an input and submit its form the way a user would.
+    fn fill_and_submit(&mut self, fields: &[(&str, &str)], button: &str) {
+        let mut js = String::new();
+        for (id, value) in fields {
+            js.push_str(&format!(
+                "document.getElementById({}).value = {};",
+                json!(id),
+                json!(value)
+            ));
+        }
+        js.push_str(&format!(
+            "document.getElementById({}).click(); true",
+            json!(button)
+        ));
+        assert_eq!(self.cdp.eval(&js), json!(true));
+    }
+
+    fn conn_id(&mut self) -> String {
+        self.cdp
+            .eval("document.getElementById('conn-id').textContent")
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    fn subscribed(&mut self) -> Value {
+        self.cdp.eval(
+            "[...document.querySelectorAll('#subscriptions li[data-channel]')]\
+             .filter(li => !li.querySelector('.state')).map(li => li.dataset.channel).sort()",
+        )
+    }
+}
+
+/// `POST path` with a JSON body through the HTTP API (no key: loopback).
+fn api_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    api_answer(raw_exchange(addr, req.as_bytes()))
+}
+
+fn api_delete(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let req = format!("DELETE {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    api_answer(raw_exchange(addr, req.as_bytes()))
+}
+
+fn api_answer(resp: String) -> (u16, Value) {
+    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let v = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status_of(&resp), v)
+}
+
+#[test]
+fn demo_page_in_headless_chromium() {
+    let Some(chromium_bin) = chromium_path() else {
+        if std::env::var("WSPUSH_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
+            panic!(
+                "WSPUSH_REQUIRE_CHROMIUM=1 but {} is not installed (apt-get install chromium)",
+                chromium_wanted().display()
+            );
+        }
+        // Straight to fd 2: libtest captures `eprintln!` of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: chromium not installed ({}); set WSPUSH_REQUIRE_CHROMIUM=1 to fail instead",
+            chromium_wanted().display()
+        );
+        return;
+    };
+    let started = Instant::now();
+    let daemon = Daemon::start(&["--workers", "2", "--client-publish", "chat.*"]);
+    let addr = daemon.addr;
+
+    // The page is served at `/` and is the compiled-in file.
+    let page = http_get_body(addr, "/").expect("GET / answers 200");
+    assert!(
+        page.contains("<title>wspush demo</title>"),
+        "GET / is the demo page"
+    );
+
+    let origin = format!("http://{addr}/");
+    let chromium = Chromium::start(
+        &chromium_bin,
+        &format!("{origin}?channel=demo&autoconnect=1"),
+    );
+    let cdp = Cdp::attach(&chromium, &origin);
+    let mut env = Env {
+        cdp,
+        chromium: &chromium,
+        daemon: &daemon,
+    };
+
+    // 1. Autoconnect with the channel from the URL.
+    env.wait_for(
+        "status `connected`",
+        "document.getElementById('status')?.textContent ?? null",
+        |v| v == "connected",
+    );
+    let first_conn = env.conn_id();
+    assert!(
+        !first_conn.is_empty() && first_conn.parse::<u64>().is_ok(),
+        "conn-id shows the welcome's connection id, got {first_conn:?}"
+    );
+    assert_eq!(
+        env.subscribed(),
+        json!(["demo"]),
+        "subscribed from ?channel=demo"
+    );
+    // The heartbeat's first ping is sent on the welcome: its pong shows up.
+    env.wait_for(
+        "a pong",
+        "document.getElementById('last-pong').textContent",
+        |v| v.as_str().is_some_and(|s| s != "never"),
+    );
+
+    // 2. A publication through the HTTP API appears on the page.
+    let (status, answer) = api_post(addr, "/publish/demo", r#"{"hello":"browser"}"#);
+    assert_eq!(status, 200, "POST /publish/demo: {answer}");
+    assert_eq!(answer["channel"], "demo");
+    assert_eq!(answer["seq"], 1);
+    assert_eq!(answer["recipients"], 1, "the page is the one subscriber");
+    env.wait_push("demo #1", r#"{"hello":"browser"}"#);
+
+    // 3. Subscribe through the page's form; a string body arrives as a string.
+    env.fill_and_submit(&[("channel-input", "chat.lobby")], "subscribe");
+    env.wait_for(
+        "chat.lobby subscribed",
+        "[...document.querySelectorAll('#subscriptions li[data-channel]')]\
+         .filter(li => !li.querySelector('.state')).map(li => li.dataset.channel).sort()",
+        |v| v == &json!(["chat.lobby", "demo"]),
+    );
+    let req = format!(
+        "POST /publish/chat.lobby HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\n\
+         Content-Length: 11\r\nConnection: close\r\n\r\nplain words"
+    );
+    let (status, answer) = api_answer(raw_exchange(addr, req.as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    env.wait_push("chat.lobby #1", "plain words");
+
+    // 4. The send box: allowed on `chat.*` (and, subscribed, the page gets
+    //    its own push), refused elsewhere with the server's error shown.
+    env.fill_and_submit(
+        &[
+            ("send-channel", "chat.lobby"),
+            ("send-data", r#"{"from":"page"}"#),
+        ],
+        "send",
+    );
+    env.wait_push("chat.lobby #2", r#"{"from":"page"}"#);
+    env.wait_for(
+        "the publish ack",
+        "document.getElementById('send-result').textContent",
+        |v| v.as_str().is_some_and(|s| s.contains("seq 2")),
+    );
+    env.fill_and_submit(&[("send-channel", "demo"), ("send-data", "nope")], "send");
+    env.wait_for("the refusal", "document.getElementById('send-result').className + ' ' + document.getElementById('send-result').textContent", |v| {
+        v.as_str().is_some_and(|s| s.contains("error") && s.contains("forbidden"))
+    });
+
+    // 5. Unsubscribe through the page: the server confirms, and later
+    //    publications on that channel have no recipient.
+    assert_eq!(
+        env.cdp.eval(
+            "document.querySelector('#subscriptions li[data-channel=\"chat.lobby\"] button').click(); true"
+        ),
+        json!(true)
+    );
+    env.wait_for(
+        "the unsubscribe ack",
+        "document.getElementById('events').innerText",
+        |v| {
+            v.as_str()
+                .is_some_and(|s| s.contains("unsubscribed from chat.lobby"))
+        },
+    );
+    let (status, answer) = api_post(addr, "/publish/chat.lobby", "3");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["recipients"], 0,
+        "nobody on chat.lobby after unsubscribe"
+    );
+
+    // 6. The server drops the connection: the page reconnects by itself
+    //    (backoff), re-subscribes `demo`, and receives again.
+    let (status, answer) = api_delete(addr, &format!("/connections/{first_conn}"));
+    assert_eq!(status, 200, "DELETE /connections/{first_conn}: {answer}");
+    env.wait_for(
+        "a new connection after the server closed the old one",
+        "document.getElementById('status').textContent + ' ' + document.getElementById('conn-id').textContent",
+        |v| {
+            v.as_str().is_some_and(|s| {
+                s.starts_with("connected ") && s != format!("connected {first_conn}")
+            })
+        },
+    );
+    assert_eq!(
+        env.subscribed(),
+        json!(["demo"]),
+        "re-subscribed after reconnect"
+    );
+    let (status, answer) = api_post(addr, "/publish/demo", r#"{"after":"reconnect"}"#);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["seq"], 2);
+    assert_eq!(answer["recipients"], 1);
+    env.wait_push("demo #2", r#"{"after":"reconnect"}"#);
+
+    // Newest first, nothing duplicated.
+    let rows = env.pushes();
+    let labels: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["demo #2", "chat.lobby #2", "chat.lobby #1", "demo #1"],
+        "one row per push, newest at the top"
+    );
+    assert_eq!(env.status(), json!("connected"));
+    if let Some(path) = std::env::var_os("WSPUSH_DEMO_SCREENSHOT") {
+        use base64::Engine as _;
+        let shot = env
+            .cdp
+            .call("Page.captureScreenshot", json!({"format": "png"}));
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or(""))
+            .expect("screenshot is base64");
+        std::fs::write(&path, png).expect("write screenshot");
+    }
+    assert!(
+        env.cdp.exceptions.is_empty(),
+        "uncaught exceptions in the page: {:?}",
+        env.cdp.exceptions
+    );
+
+    drop(env);
+    drop(chromium);
+    eprintln!("browser demo test took {:?}", started.elapsed());
+}
