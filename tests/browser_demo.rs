@@ -589,3 +589,87 @@ fn demo_page_in_headless_chromium() {
     drop(chromium);
     eprintln!("browser demo test took {:?}", started.elapsed());
 }
+
+/// With `--jwt-secret`: the token from `?token=` is used, the user shown;
+/// a channel the token does not allow makes the server refuse the upgrade,
+/// so after two refusals the page connects without channels and subscribes
+/// one by one, showing the refusal for that channel; direct (to the user)
+/// and broadcast pushes appear.
+#[test]
+fn demo_page_with_token_in_headless_chromium() {
+    let Some(chromium_bin) = chromium_path() else {
+        if std::env::var("WSPUSH_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
+            panic!(
+                "WSPUSH_REQUIRE_CHROMIUM=1 but {} is not installed (apt-get install chromium)",
+                chromium_wanted().display()
+            );
+        }
+        return; // the other test prints the SKIPPED line
+    };
+    let secret = "browser-test-secret";
+    let daemon = Daemon::start(&["--workers", "2", "--jwt-secret", secret]);
+    let addr = daemon.addr;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = wspush::push::auth::mint_hs256(
+        secret.as_bytes(),
+        "alice",
+        Some(now + 3600),
+        Some(&["demo".to_string(), "chat.*".to_string()]),
+    );
+
+    let origin = format!("http://{addr}/");
+    let chromium = Chromium::start(
+        &chromium_bin,
+        &format!("{origin}?channel=demo&channel=secret&token={token}&autoconnect=1"),
+    );
+    let cdp = Cdp::attach(&chromium, &origin);
+    let mut env = Env {
+        cdp,
+        chromium: &chromium,
+        daemon: &daemon,
+    };
+
+    env.wait_for(
+        "status `connected` (after two refused upgrades)",
+        "document.getElementById('status')?.textContent ?? null",
+        |v| v == "connected",
+    );
+    assert_eq!(
+        env.cdp.eval("document.getElementById('user').textContent"),
+        json!("alice"),
+        "the welcome's user (the token's sub)"
+    );
+    env.wait_for(
+        "`secret` refused and `demo` subscribed",
+        "JSON.stringify([...document.querySelectorAll('#subscriptions li[data-channel]')]\
+         .map(li => [li.dataset.channel, li.querySelector('.state')?.textContent ?? 'subscribed']))",
+        |v| v == r#"[["demo","subscribed"],["secret","refused: forbidden"]]"#,
+    );
+    let events = env.cdp.eval("document.getElementById('events').innerText");
+    assert!(
+        events
+            .as_str()
+            .is_some_and(|e| e.contains("before the welcome") && e.contains("forbidden")),
+        "the refusals are shown: {events}"
+    );
+
+    let (status, answer) = api_post(addr, "/publish/demo", r#"{"n":1}"#);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["recipients"], 1);
+    env.wait_push("demo #1", r#"{"n":1}"#);
+    let (status, answer) = api_post(addr, "/users/alice/send", r#"{"to":"alice"}"#);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["recipients"], 1);
+    env.wait_push("direct", r#"{"to":"alice"}"#);
+    let (status, answer) = api_post(addr, "/broadcast", r#""everyone""#);
+    assert_eq!(status, 200, "{answer}");
+    env.wait_push("broadcast", "everyone");
+    assert!(
+        env.cdp.exceptions.is_empty(),
+        "uncaught exceptions in the page: {:?}",
+        env.cdp.exceptions
+    );
+}
