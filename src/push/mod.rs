@@ -121,23 +121,47 @@ pub enum Kind {
     Room,
 }
 
-/// Per-connection state.
+/// Per-connection state: 16 bytes, plus a box only for connections that
+/// carry a token or (until they open) channels from the query string.
 #[derive(Debug)]
 pub struct Session {
     kind: Kind,
+    extra: Option<Box<SessionExtra>>,
+    /// Recent errors (decaying by one per second) and when they were last
+    /// counted (seconds on [`clock_secs`]).
+    strikes: u32,
+    strike_at: u32,
+}
+
+/// The rarer parts of a session.
+#[derive(Debug, Default)]
+struct SessionExtra {
+    /// The token's `sub`.
     user: Option<Arc<str>>,
-    /// The token's `channels` claim, if any.
-    allowed: Option<Arc<auth::Claims>>,
+    /// The token, when it has a `channels` claim.
+    allowed: Option<auth::Claims>,
     /// Channels from the query string, subscribed on open.
     initial: Vec<String>,
-    /// Recent errors (decaying by one per second) and when they were counted.
-    strikes: u32,
-    strike_at: Option<Instant>,
+}
+
+/// Seconds since the first call (a process-wide coarse clock).
+fn clock_secs() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
 impl Session {
+    /// Whether the connection's token allows `channel`.
     fn allows(&self, channel: &str) -> bool {
-        self.allowed.as_ref().is_none_or(|c| c.allows(channel))
+        self.extra
+            .as_ref()
+            .and_then(|e| e.allowed.as_ref())
+            .is_none_or(|c| c.allows(channel))
+    }
+
+    /// The user id from the token, if any.
+    fn user(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.user.as_deref())
     }
 }
 
@@ -246,15 +270,10 @@ impl PushService {
         message: &str,
         id: Option<&str>,
     ) {
-        let now = Instant::now();
-        let decay = s
-            .strike_at
-            .map(|t| now.duration_since(t).as_secs() as u32)
-            .unwrap_or(0);
+        let now = clock_secs();
+        let decay = now.saturating_sub(s.strike_at);
         s.strikes = s.strikes.saturating_sub(decay) + 1;
-        if decay > 0 || s.strike_at.is_none() {
-            s.strike_at = Some(now);
-        }
+        s.strike_at = now;
         if s.strikes > self.shared.cfg.max_strikes {
             ctx.send_text(&envelope::reply_error(
                 "rate_limited",
@@ -296,7 +315,7 @@ impl PushService {
                         id,
                     );
                 }
-                let own = usize::from(s.user.is_some());
+                let own = usize::from(s.user().is_some());
                 if ctx.subscriptions().saturating_sub(own) >= self.shared.cfg.max_channels_per_conn
                 {
                     return self.strike(
@@ -401,14 +420,19 @@ impl Handler for PushService {
             .as_ref()
             .and_then(|c| c.sub.as_deref())
             .map(Arc::from);
-        let allowed = claims.filter(|c| c.channels.is_some()).map(Arc::new);
+        let allowed = claims.filter(|c| c.channels.is_some());
+        let extra = (user.is_some() || allowed.is_some() || !initial.is_empty()).then(|| {
+            Box::new(SessionExtra {
+                user,
+                allowed,
+                initial,
+            })
+        });
         Ok(Session {
             kind,
-            user,
-            allowed,
-            initial,
+            extra,
             strikes: 0,
-            strike_at: None,
+            strike_at: clock_secs(),
         })
     }
 
@@ -449,14 +473,24 @@ impl Handler for PushService {
             Kind::Push => {
                 let id = ctx.id().as_u64();
                 self.shared.shard(id).insert(id);
-                if let Some(user) = &s.user {
+                if let Some(user) = s.user() {
                     ctx.subscribe(&user_topic(user));
                 }
-                let initial = std::mem::take(&mut s.initial);
+                let initial = s
+                    .extra
+                    .as_mut()
+                    .map(|e| std::mem::take(&mut e.initial))
+                    .unwrap_or_default();
                 for ch in &initial {
                     ctx.subscribe(ch);
                 }
-                ctx.send_text(&envelope::welcome(id, s.user.as_deref(), &initial));
+                ctx.send_text(&envelope::welcome(id, s.user(), &initial));
+                if s.extra
+                    .as_ref()
+                    .is_some_and(|e| e.user.is_none() && e.allowed.is_none())
+                {
+                    s.extra = None;
+                }
             }
         }
     }
@@ -494,4 +528,13 @@ impl Handler for PushService {
 /// Parse a connection id from its decimal form.
 pub fn parse_conn_id(s: &str) -> Option<ConnId> {
     s.parse::<u64>().ok().map(ConnId::from_u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_is_small() {
+        let n = std::mem::size_of::<Option<super::Session>>();
+        assert!(n <= 24, "Session grew to {n} bytes");
+    }
 }

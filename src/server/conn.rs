@@ -1,7 +1,5 @@
 //! One connection's state inside a worker.
 
-use std::time::Instant;
-
 use mio::net::TcpStream;
 
 use super::handler::CloseReason;
@@ -30,8 +28,8 @@ pub(crate) enum Phase {
 pub(crate) struct HttpState {
     pub parser: RequestParser,
     pub buf: Vec<u8>,
-    /// The current request head must be complete by then.
-    pub deadline: Instant,
+    /// The current request head must be complete by then (worker clock, ms).
+    pub deadline: u32,
 }
 
 /// Flag: queued output waits for the end-of-turn flush.

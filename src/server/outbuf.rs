@@ -25,14 +25,19 @@ impl Chunk {
     }
 }
 
-/// Reusable owned buffers of a worker, so replies do not allocate per message.
+/// Reusable buffers of a worker: owned reply buffers and whole output
+/// queues, so replies do not allocate per message and an idle connection
+/// holds no queue at all.
 #[derive(Default)]
 pub(crate) struct BufPool {
     free: Vec<Vec<u8>>,
+    queues: Vec<Box<Queue>>,
 }
 
 const POOL_MAX_BUFFERS: usize = 256;
 const POOL_MAX_CAPACITY: usize = 64 << 10;
+const POOL_MAX_QUEUES: usize = 1024;
+const QUEUE_MAX_KEPT_CHUNKS: usize = 64;
 
 impl BufPool {
     pub fn take(&mut self) -> Vec<u8> {
@@ -45,19 +50,43 @@ impl BufPool {
             self.free.push(v);
         }
     }
+
+    fn take_queue(&mut self) -> Box<Queue> {
+        self.queues.pop().unwrap_or_default()
+    }
+
+    fn give_queue(&mut self, mut q: Box<Queue>) {
+        for c in q.chunks.drain(..) {
+            if let Chunk::Owned(v) = c {
+                self.give(v);
+            }
+        }
+        q.offset = 0;
+        q.bytes = 0;
+        if q.chunks.capacity() <= QUEUE_MAX_KEPT_CHUNKS && self.queues.len() < POOL_MAX_QUEUES {
+            self.queues.push(q);
+        }
+    }
 }
 
 /// Most chunks gathered into one `writev`.
 const MAX_IOV: usize = 64;
 
-/// Unsent output of one connection.
+/// The chunks of a connection that has output.
 #[derive(Default)]
-pub(crate) struct OutQueue {
+struct Queue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     offset: usize,
     /// Unsent bytes in all chunks.
     bytes: usize,
+}
+
+/// Unsent output of one connection: nothing at all (one pointer) while the
+/// connection has none, a pooled queue while it has.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    q: Option<Box<Queue>>,
 }
 
 /// Result of a flush.
@@ -72,83 +101,93 @@ pub(crate) enum Flushed {
 impl OutQueue {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.bytes == 0
+        self.len() == 0
     }
 
     /// Unsent bytes.
     pub fn len(&self) -> usize {
-        self.bytes
+        self.q.as_ref().map_or(0, |q| q.bytes)
     }
 
     /// Unsent bytes behind the chunk currently being written: what counts
     /// against `max_buffered` (a single large message may always drain).
     pub fn backlog(&self) -> usize {
-        match self.chunks.front() {
-            Some(c) => self.bytes - (c.bytes().len() - self.offset),
+        let Some(q) = &self.q else { return 0 };
+        match q.chunks.front() {
+            Some(c) => q.bytes - (c.bytes().len() - q.offset),
             None => 0,
         }
     }
 
-    pub fn push_shared(&mut self, f: &LocalFrame) {
-        self.bytes += f.len();
-        self.chunks.push_back(Chunk::Shared(f.clone()));
+    fn queue(&mut self, pool: &mut BufPool) -> &mut Queue {
+        self.q.get_or_insert_with(|| pool.take_queue())
+    }
+
+    pub fn push_shared(&mut self, f: &LocalFrame, pool: &mut BufPool) {
+        let q = self.queue(pool);
+        q.bytes += f.len();
+        q.chunks.push_back(Chunk::Shared(f.clone()));
     }
 
     /// Append bytes produced by `fill` to the owned buffer at the tail
     /// (starting one from the pool if the tail is shared or absent).
     pub fn push_owned(&mut self, pool: &mut BufPool, fill: impl FnOnce(&mut Vec<u8>)) {
-        if !matches!(self.chunks.back(), Some(Chunk::Owned(_))) {
-            self.chunks.push_back(Chunk::Owned(pool.take()));
+        let q = self.q.get_or_insert_with(|| pool.take_queue());
+        if !matches!(q.chunks.back(), Some(Chunk::Owned(_))) {
+            q.chunks.push_back(Chunk::Owned(pool.take()));
         }
-        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+        if let Some(Chunk::Owned(v)) = q.chunks.back_mut() {
             let before = v.len();
             fill(v);
-            self.bytes += v.len() - before;
+            q.bytes += v.len() - before;
         }
     }
 
     /// Drop everything not yet started, keeping the partly written front
     /// chunk so the stream stays frame-aligned.
     pub fn discard_unstarted(&mut self, pool: &mut BufPool) {
-        let keep = if self.offset > 0 { 1 } else { 0 };
-        while self.chunks.len() > keep {
-            if let Some(c) = self.chunks.pop_back() {
-                if let Chunk::Owned(v) = c {
-                    pool.give(v);
-                }
+        let Some(q) = self.q.as_mut() else { return };
+        let keep = if q.offset > 0 { 1 } else { 0 };
+        while q.chunks.len() > keep {
+            if let Some(Chunk::Owned(v)) = q.chunks.pop_back() {
+                pool.give(v);
             }
         }
-        self.bytes = self
+        q.bytes = q
             .chunks
             .front()
-            .map(|c| c.bytes().len() - self.offset)
+            .map(|c| c.bytes().len() - q.offset)
             .unwrap_or(0);
-        if self.chunks.is_empty() {
-            self.offset = 0;
+        if q.chunks.is_empty() {
+            self.clear(pool);
         }
     }
 
     /// Write as much as the socket takes, `MAX_IOV` chunks per `writev`.
-    /// Returns bytes written and whether everything went.
+    /// Returns bytes written and whether everything went; a drained queue
+    /// goes back to the pool.
     pub fn write_to<W: Write>(
         &mut self,
         w: &mut W,
         pool: &mut BufPool,
     ) -> io::Result<(usize, Flushed)> {
         let mut written = 0;
-        while !self.chunks.is_empty() {
+        let Some(q) = self.q.as_mut() else {
+            return Ok((0, Flushed::All));
+        };
+        while !q.chunks.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
-            for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
+            for (i, c) in q.chunks.iter().take(MAX_IOV).enumerate() {
                 let b = c.bytes();
-                iov[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+                iov[i] = IoSlice::new(if i == 0 { &b[q.offset..] } else { b });
                 n = i + 1;
             }
             match w.write_vectored(&iov[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => {
                     written += k;
-                    self.consume(k, pool);
+                    q.consume(k, pool);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((written, Flushed::Blocked))
@@ -157,12 +196,19 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
-        // Give the deque's memory back: an idle connection holds no buffer.
-        self.chunks = VecDeque::new();
-        self.offset = 0;
+        self.clear(pool);
         Ok((written, Flushed::All))
     }
 
+    /// Release everything (drained, or connection gone).
+    pub fn clear(&mut self, pool: &mut BufPool) {
+        if let Some(q) = self.q.take() {
+            pool.give_queue(q);
+        }
+    }
+}
+
+impl Queue {
     fn consume(&mut self, mut k: usize, pool: &mut BufPool) {
         self.bytes -= k;
         while k > 0 {
@@ -180,18 +226,6 @@ impl OutQueue {
                 pool.give(v);
             }
         }
-    }
-
-    /// Release everything (connection gone).
-    pub fn clear(&mut self, pool: &mut BufPool) {
-        for c in self.chunks.drain(..) {
-            if let Chunk::Owned(v) = c {
-                pool.give(v);
-            }
-        }
-        self.chunks = VecDeque::new();
-        self.offset = 0;
-        self.bytes = 0;
     }
 }
 
@@ -240,7 +274,7 @@ mod tests {
         let shared: LocalFrame = Rc::new(Arc::from(&b"SHARED"[..]));
         q.push_owned(&mut pool, |v| v.extend_from_slice(b"ab"));
         q.push_owned(&mut pool, |v| v.extend_from_slice(b"cd"));
-        q.push_shared(&shared);
+        q.push_shared(&shared, &mut pool);
         q.push_owned(&mut pool, |v| v.extend_from_slice(b"ef"));
         assert_eq!(q.len(), 12);
         let mut w = Trickle {
@@ -268,8 +302,8 @@ mod tests {
         let mut pool = BufPool::default();
         let mut q = OutQueue::default();
         let f: LocalFrame = Rc::new(Arc::from(&b"0123456789"[..]));
-        q.push_shared(&f);
-        q.push_shared(&f);
+        q.push_shared(&f, &mut pool);
+        q.push_shared(&f, &mut pool);
         let mut w = Trickle {
             out: Vec::new(),
             cap: 4,

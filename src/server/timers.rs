@@ -1,13 +1,17 @@
-//! Per-worker deadlines. Handshake and close deadlines all have the same
-//! length, so they are pushed in time order and a FIFO queue per kind is a
-//! sorted list: adding is O(1), expiring pops from the front. Heartbeat
-//! checks (one per open connection, re-armed from its last activity) live
-//! in a binary heap. An entry whose connection has moved on (checked by
-//! generation and state) is skipped when it comes due.
+//! Per-worker deadlines, on the worker's millisecond clock (`u32`,
+//! wrapping: deadlines are compared by signed difference, so any timeout
+//! under 24 days is exact).
+//!
+//! Handshake and close deadlines all have the same length, so they are
+//! pushed in time order and a FIFO queue per kind is a sorted list: adding is
+//! O(1), expiring pops from the front. Heartbeat checks (one per open
+//! connection, re-armed from its last activity) live in a binary heap. An
+//! entry whose connection has moved on (checked by generation and state) is
+//! skipped when it comes due. Each entry is 12 bytes.
 
-use std::cmp::Reverse;
+use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The kinds of deadline a connection can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,77 +25,116 @@ pub(crate) enum TimerKind {
     Heartbeat,
 }
 
+/// A deadline as stored in the queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    at: u32,
+    key: u32,
+    generation: u32,
+}
+
+/// `a` is due at or before `b` on the wrapping clock.
+fn not_after(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) >= 0
+}
+
+/// Heap order: earliest deadline on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Earliest(Slot);
+
+impl Ord for Earliest {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.0.at.wrapping_sub(self.0.at) as i32).cmp(&0)
+    }
+}
+
+impl PartialOrd for Earliest {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// A deadline that came due.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
-    pub at: Instant,
     pub key: u32,
     pub generation: u32,
     pub kind: TimerKind,
 }
 
-/// FIFO deadline queues, one per kind.
+/// Milliseconds of `d`, capped so wrapping comparisons stay exact.
+pub(crate) fn millis(d: Duration) -> u32 {
+    d.as_millis().min(i32::MAX as u128) as u32
+}
+
+/// FIFO deadline queues for handshakes and closes, a heap for heartbeats.
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
-    handshake: VecDeque<Entry>,
-    closing: VecDeque<Entry>,
-    heartbeat: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    handshake: VecDeque<Slot>,
+    closing: VecDeque<Slot>,
+    heartbeat: BinaryHeap<Earliest>,
 }
 
 impl Timers {
-    pub fn add(&mut self, kind: TimerKind, at: Instant, key: usize, generation: u32) {
-        let e = Entry {
+    /// Add a deadline at `at` (worker clock, ms).
+    pub fn add(&mut self, kind: TimerKind, at: u32, key: usize, generation: u32) {
+        let s = Slot {
             at,
             key: key as u32,
             generation,
-            kind,
         };
         match kind {
-            TimerKind::Handshake => self.handshake.push_back(e),
-            TimerKind::Closing => self.closing.push_back(e),
-            TimerKind::Heartbeat => self.heartbeat.push(Reverse((at, key as u32, generation))),
+            TimerKind::Handshake => self.handshake.push_back(s),
+            TimerKind::Closing => self.closing.push_back(s),
+            TimerKind::Heartbeat => self.heartbeat.push(Earliest(s)),
         }
     }
 
-    /// Time until the earliest deadline, if any.
-    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        let hb = self.heartbeat.peek().map(|Reverse((at, _, _))| *at);
+    /// Time from `now` until the earliest deadline, if any.
+    pub fn next_timeout(&self, now: u32) -> Option<Duration> {
         [
-            self.handshake.front().map(|e| e.at),
-            self.closing.front().map(|e| e.at),
-            hb,
+            self.handshake.front(),
+            self.closing.front(),
+            self.heartbeat.peek().map(|e| &e.0),
         ]
         .into_iter()
         .flatten()
-        .map(|at| at.saturating_duration_since(now))
+        .map(|s| Duration::from_millis(s.at.wrapping_sub(now).min(i32::MAX as u32) as i32 as u64))
         .min()
     }
 
     /// Pop every entry due at `now` into `out`.
-    pub fn expire(&mut self, now: Instant, out: &mut Vec<Entry>) {
-        for q in [&mut self.handshake, &mut self.closing] {
-            while q.front().is_some_and(|e| e.at <= now) {
-                if let Some(e) = q.pop_front() {
-                    out.push(e);
+    pub fn expire(&mut self, now: u32, out: &mut Vec<Entry>) {
+        for (q, kind) in [
+            (&mut self.handshake, TimerKind::Handshake),
+            (&mut self.closing, TimerKind::Closing),
+        ] {
+            while q.front().is_some_and(|s| not_after(s.at, now)) {
+                if let Some(s) = q.pop_front() {
+                    out.push(Entry {
+                        key: s.key,
+                        generation: s.generation,
+                        kind,
+                    });
                 }
             }
         }
         while self
             .heartbeat
             .peek()
-            .is_some_and(|Reverse((at, _, _))| *at <= now)
+            .is_some_and(|e| not_after(e.0.at, now))
         {
-            if let Some(Reverse((at, key, generation))) = self.heartbeat.pop() {
+            if let Some(Earliest(s)) = self.heartbeat.pop() {
                 out.push(Entry {
-                    at,
-                    key,
-                    generation,
+                    key: s.key,
+                    generation: s.generation,
                     kind: TimerKind::Heartbeat,
                 });
             }
         }
     }
 
-    /// Drop entries (e.g. on a full drain) to give the memory back when queues are empty.
+    /// Give memory back when the queues are empty.
     pub fn shrink(&mut self) {
         if self.handshake.is_empty() && self.handshake.capacity() > 1024 {
             self.handshake = VecDeque::new();
@@ -102,5 +145,36 @@ impl Timers {
         if self.heartbeat.is_empty() && self.heartbeat.capacity() > 1024 {
             self.heartbeat = BinaryHeap::new();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_order_across_the_wrap() {
+        let mut t = Timers::default();
+        let base = u32::MAX - 50;
+        t.add(TimerKind::Heartbeat, base.wrapping_add(100), 1, 0);
+        t.add(TimerKind::Heartbeat, base.wrapping_add(10), 2, 0);
+        t.add(TimerKind::Handshake, base.wrapping_add(60), 3, 0);
+        assert_eq!(t.next_timeout(base), Some(Duration::from_millis(10)));
+        let mut out = Vec::new();
+        t.expire(base.wrapping_add(9), &mut out);
+        assert!(out.is_empty());
+        t.expire(base.wrapping_add(70), &mut out);
+        let keys: Vec<u32> = out.iter().map(|e| e.key).collect();
+        assert_eq!(keys, vec![3, 2]);
+        out.clear();
+        t.expire(base.wrapping_add(100), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key, 1);
+        assert_eq!(t.next_timeout(base), None);
+    }
+
+    #[test]
+    fn entries_are_small() {
+        assert_eq!(std::mem::size_of::<Slot>(), 12);
     }
 }

@@ -28,7 +28,7 @@ use super::handler::{CloseReason, ConnInfo, Context, Handler};
 use super::hub::{self, Command, ConnId, Handle, LocalStats, WorkerPart, WorkerStats, WAKER_TOKEN};
 use super::outbuf::{BufPool, Flushed, LocalFrame};
 use super::response::Response;
-use super::timers::{Entry, TimerKind, Timers};
+use super::timers::{millis, Entry, TimerKind, Timers};
 use super::topics::{Sub, Topics};
 use crate::protocol::{
     close, encode, handshake, DecoderConfig, HttpError, Message, OpCode, ProtocolError, Role,
@@ -175,7 +175,7 @@ fn push_frame(c: &mut Conn, key: usize, f: &LocalFrame, q: &mut Queues<'_>) {
     if c.phase != Phase::Open || c.has(SLOW) {
         return;
     }
-    c.out.push_shared(f);
+    c.out.push_shared(f, q.pool);
     q.stats.messages_out_total += 1;
     after_push(c, key, q);
 }
@@ -244,6 +244,11 @@ impl Core {
         self.ms = self.now.duration_since(self.epoch).as_millis() as u32;
     }
 
+    /// The worker-clock time `d` from now.
+    fn after(&self, d: Duration) -> u32 {
+        self.ms.wrapping_add(millis(d))
+    }
+
     /// Arm the first heartbeat check of a newly opened connection.
     fn arm_heartbeat(&mut self, key: usize, generation: u32) {
         let first = match (self.cfg.ping_interval, self.cfg.idle_timeout) {
@@ -253,7 +258,7 @@ impl Core {
             (None, None) => return,
         };
         self.timers
-            .add(TimerKind::Heartbeat, self.now + first, key, generation);
+            .add(TimerKind::Heartbeat, self.after(first), key, generation);
     }
 
     /// A heartbeat check came due: close an idle connection, ping a quiet
@@ -292,7 +297,7 @@ impl Core {
             next = next.min(i - silent);
         }
         self.timers
-            .add(TimerKind::Heartbeat, self.now + next, key, generation);
+            .add(TimerKind::Heartbeat, self.after(next), key, generation);
     }
 
     /// The slab key of a live connection with this id.
@@ -437,7 +442,7 @@ impl Core {
                 self.queue_raw(key, |v| encode::close_into(v, Some(code), reason));
                 self.timers.add(
                     TimerKind::Closing,
-                    self.now + self.cfg.close_timeout,
+                    self.after(self.cfg.close_timeout),
                     key,
                     generation,
                 );
@@ -517,6 +522,7 @@ impl Core {
 
     /// Write what the connection has queued (one `writev` per 64 chunks).
     fn flush(&mut self, key: usize) {
+        let close_at = self.after(self.cfg.close_timeout);
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -539,12 +545,8 @@ impl Core {
             });
             if c.phase == Phase::Open {
                 c.phase = Phase::Closing;
-                self.timers.add(
-                    TimerKind::Closing,
-                    self.now + self.cfg.close_timeout,
-                    key,
-                    c.generation,
-                );
+                self.timers
+                    .add(TimerKind::Closing, close_at, key, c.generation);
             }
         }
         match c.out.write_to(&mut c.stream, &mut self.pool) {
@@ -558,12 +560,8 @@ impl Core {
                     let _ = c.stream.shutdown(Shutdown::Write);
                     c.phase = Phase::Lingering;
                     let generation = c.generation;
-                    self.timers.add(
-                        TimerKind::Closing,
-                        self.now + self.cfg.close_timeout,
-                        key,
-                        generation,
-                    );
+                    self.timers
+                        .add(TimerKind::Closing, close_at, key, generation);
                 }
                 if self.conns.get(key).is_some_and(|c| c.has(WRITE_INTEREST)) {
                     self.set_interest(key, false);
@@ -612,7 +610,10 @@ impl Core {
         }
         match (e.kind, c.phase) {
             (TimerKind::Handshake, Phase::Http) => {
-                if c.http.as_ref().is_some_and(|h| h.deadline > self.now) {
+                if c.http
+                    .as_ref()
+                    .is_some_and(|h| (h.deadline.wrapping_sub(self.ms) as i32) > 0)
+                {
                     return; // a later request on this keep-alive connection; a newer entry exists
                 }
                 log::debug!("conn {}: handshake timeout", self.id_of(key));
@@ -713,7 +714,7 @@ impl<H: Handler> App<H> {
                 }
                 hs.buf.drain(..consumed);
                 hs.parser.reset();
-                hs.deadline = core.now + cfg.handshake_timeout;
+                hs.deadline = core.after(cfg.handshake_timeout);
                 let generation = core.conns.get(key).map(|c| c.generation).unwrap_or(0);
                 core.timers
                     .add(TimerKind::Handshake, hs.deadline, key, generation);
@@ -845,7 +846,11 @@ impl<H: Handler> Loop<H> {
         let mut expired = Vec::new();
         loop {
             let now = Instant::now();
-            let mut timeout = self.core.timers.next_timeout(now);
+            let mut timeout = self.core.timers.next_timeout(
+                self.core
+                    .ms
+                    .wrapping_add(millis(now.saturating_duration_since(self.core.now))),
+            );
             let mut sooner = |t: Option<Instant>| {
                 if let Some(t) = t {
                     let d = t.saturating_duration_since(now);
@@ -895,7 +900,7 @@ impl<H: Handler> Loop<H> {
                 self.command(cmd);
             }
 
-            self.core.timers.expire(self.core.now, &mut expired);
+            self.core.timers.expire(self.core.ms, &mut expired);
             for e in expired.drain(..) {
                 self.core.expire(e);
             }
@@ -998,6 +1003,7 @@ impl<H: Handler> Loop<H> {
         if over {
             hub.open.fetch_sub(1, Ordering::Relaxed);
         }
+        let deadline = core.after(core.cfg.handshake_timeout);
         let entry = core.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = core
@@ -1012,7 +1018,6 @@ impl<H: Handler> Loop<H> {
         }
         core.next_generation = core.next_generation.wrapping_add(1);
         let mut conn = Conn::new(stream, core.next_generation);
-        let deadline = core.now + core.cfg.handshake_timeout;
         if !over {
             conn.flags |= COUNTED;
             conn.http = Some(Box::new(HttpState {
