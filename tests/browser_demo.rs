@@ -5,8 +5,10 @@
 //! `http://ADDR/?channel=demo&autoconnect=1`; the test reads the page's DOM
 //! with `Runtime.evaluate`, publishes through the HTTP API and waits for the
 //! push to appear on the page. It also drives the page's controls (subscribe,
-//! the send box, allowed and refused) and checks reconnect + re-subscribe
-//! after the server drops the connection.
+//! the send box, allowed and refused, unsubscribe) and checks reconnect +
+//! re-subscribe after the server drops the connection. Two more tests: a
+//! JWT-protected daemon (user, refused channel, direct and broadcast pushes)
+//! and a server killed and restarted on the same port.
 //!
 //! Without `/usr/bin/chromium` (or `$WSPUSH_CHROMIUM`) the test prints
 //! `SKIPPED: chromium not installed` and passes, unless
@@ -667,6 +669,133 @@ fn demo_page_with_token_in_headless_chromium() {
     let (status, answer) = api_post(addr, "/broadcast", r#""everyone""#);
     assert_eq!(status, 200, "{answer}");
     env.wait_push("broadcast", "everyone");
+    assert!(
+        env.cdp.exceptions.is_empty(),
+        "uncaught exceptions in the page: {:?}",
+        env.cdp.exceptions
+    );
+}
+
+/// Start the daemon on a given address (to bring a server back on the port
+/// the page keeps retrying); `Daemon::start` always picks a fresh port.
+fn daemon_on(addr: SocketAddr) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wspush"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(["--workers", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wspush");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            log2.lock().unwrap().push(line);
+        }
+    });
+    let mut d = Daemon { child, addr, log };
+    if rx.recv_timeout(common::IO_TIMEOUT).is_err() {
+        let status = d.wait_exit(Duration::from_secs(1));
+        panic!(
+            "wspush on {addr} did not start ({status:?}):\n{}",
+            tail(&d.log.lock().unwrap(), 20)
+        );
+    }
+    d
+}
+
+/// The server goes away (killed: connections reset, new ones refused): the
+/// page shows `disconnected` and keeps retrying with backoff; a new server
+/// on the same port gets the page back, re-subscribed.
+#[test]
+fn demo_page_survives_a_server_restart() {
+    let Some(chromium_bin) = chromium_path() else {
+        if std::env::var("WSPUSH_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
+            panic!(
+                "WSPUSH_REQUIRE_CHROMIUM=1 but {} is not installed (apt-get install chromium)",
+                chromium_wanted().display()
+            );
+        }
+        return; // the first test prints the SKIPPED line
+    };
+    let first = Daemon::start(&["--workers", "2"]);
+    let addr = first.addr;
+    let origin = format!("http://{addr}/");
+    let chromium = Chromium::start(
+        &chromium_bin,
+        &format!("{origin}?channel=news&channel=demo&autoconnect=1"),
+    );
+    let mut cdp = Cdp::attach(&chromium, &origin);
+    {
+        let mut env = Env {
+            cdp,
+            chromium: &chromium,
+            daemon: &first,
+        };
+        env.wait_for(
+            "status `connected`",
+            "document.getElementById('status')?.textContent ?? null",
+            |v| v == "connected",
+        );
+        assert_eq!(env.subscribed(), json!(["demo", "news"]));
+        cdp = env.cdp;
+    }
+    drop(first); // SIGKILL: no close frame, the page sees 1006
+
+    // While the server is away the page says so and schedules retries.
+    // (Only states are checked, never how fast they change.)
+    let state = "document.getElementById('status').textContent + '|' + \
+                 document.getElementById('reconnect-info').textContent";
+    let deadline = Instant::now() + PAGE_LIMIT;
+    loop {
+        let v = cdp.eval(state);
+        let s = v.as_str().unwrap_or("");
+        if s.starts_with("disconnected|reconnecting in ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "page never showed the retry after the server died (last: {v}); chromium:\n{}",
+            chromium.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let second = daemon_on(addr);
+    let mut env = Env {
+        cdp,
+        chromium: &chromium,
+        daemon: &second,
+    };
+    env.wait_for(
+        "status `connected` on the new server",
+        "document.getElementById('status').textContent",
+        |v| v == "connected",
+    );
+    assert_eq!(
+        env.subscribed(),
+        json!(["demo", "news"]),
+        "re-subscribed on the new server"
+    );
+    let (status, answer) = api_post(addr, "/publish/news", r#"{"back":true}"#);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["seq"], 1, "a new server: seq starts again");
+    assert_eq!(answer["recipients"], 1);
+    env.wait_push("news #1", r#"{"back":true}"#);
+    let reconnect_info = env
+        .cdp
+        .eval("document.getElementById('reconnect-info').textContent");
+    assert_eq!(reconnect_info, json!(""), "no retry pending once connected");
     assert!(
         env.cdp.exceptions.is_empty(),
         "uncaught exceptions in the page: {:?}",
