@@ -528,7 +528,16 @@ fn idle_peers_are_reaped_and_live_ones_kept() {
         "idle peer gets a close frame"
     );
     assert!(silent.at_eof(), "and the TCP connection is closed");
-    let stats = json(&http(d.addr, "GET", "/stats", "", b"").1);
+    // Counters are published at the end of each worker's loop turn: allow
+    // the turn that closed the socket to finish.
+    let mut stats = Value::Null;
+    for _ in 0..100 {
+        stats = json(&http(d.addr, "GET", "/stats", "", b"").1);
+        if stats["disconnects"]["idle_timeout"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         stats["disconnects"]["idle_timeout"].as_u64().unwrap() >= 1,
         "{stats}"
