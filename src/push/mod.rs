@@ -35,6 +35,11 @@ use envelope::Control;
 /// The demo page served at `GET /`.
 pub const PAGE: &str = include_str!("page.html");
 
+/// The page's Content-Security-Policy: its own inline script and style,
+/// WebSockets to this server, nothing else.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 /// The topic of the `/broadcast` chat room (not a valid channel name, so
 /// clients cannot reach it through `/ws`).
 pub const ROOM_TOPIC: &str = "#room:/broadcast";
@@ -446,7 +451,10 @@ impl Handler for PushService {
             return json_error(404, "not found");
         }
         match (req.method, req.path) {
-            ("GET" | "HEAD", "/") => Response::with_body(200, "text/html; charset=utf-8", PAGE),
+            ("GET" | "HEAD", "/") => Response::with_body(200, "text/html; charset=utf-8", PAGE)
+                .header("Cache-Control", "no-cache")
+                .header("X-Content-Type-Options", "nosniff")
+                .header("Content-Security-Policy", PAGE_CSP),
             ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
             (_, p) if ws_kind(p).is_some() => Response::text(
                 426,
