@@ -99,13 +99,12 @@ impl Shared {
         } else {
             0
         };
-        let ring = if k == 0 {
-            1
-        } else {
-            let want = (2 * cfg.window as usize)
-                .max((1 << 20) / k)
-                .clamp(16, 1 << 16);
-            want.next_power_of_two()
+        let ring = match (1usize << 20).checked_div(k) {
+            None => 1,
+            Some(per) => (2 * cfg.window as usize)
+                .max(per)
+                .clamp(16, 1 << 16)
+                .next_power_of_two(),
         };
         Shared {
             go_ns: AtomicU64::new(0),

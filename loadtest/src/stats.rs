@@ -272,8 +272,10 @@ mod tests {
 
     #[test]
     fn raw_json_roundtrip_merges() {
-        let mut a = Results::default();
-        a.sent = 3;
+        let mut a = Results {
+            sent: 3,
+            ..Default::default()
+        };
         a.fail("http 503");
         record(&mut a.lat, 1000);
         record(&mut a.lat, 2_000_000);
