@@ -158,8 +158,9 @@ pub(crate) fn set_current_worker(index: usize) {
 
 /// Per-topic state kept by the hub: the publication sequence and how many
 /// subscribers each worker has (publications go only to workers with some).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TopicState {
+    name: Arc<str>,
     seq: u64,
     per_worker: Vec<u32>,
     total: u64,
@@ -171,6 +172,42 @@ struct TopicState {
 struct Ordered {
     topics: HashMap<Arc<str>, TopicState>,
     subscriptions: u64,
+}
+
+/// When the hub knows this many topics, it forgets those without
+/// subscribers before adding another (their sequence numbers restart at 1
+/// if they are published again). Bounds the memory that publications to
+/// ever-new channel names can take.
+pub const TOPIC_SWEEP_AT: usize = 1 << 20;
+
+impl Ordered {
+    /// The state of `topic`, created if new.
+    fn entry(&mut self, topic: &str, workers: usize) -> &mut TopicState {
+        if !self.topics.contains_key(topic) {
+            if self.topics.len() >= TOPIC_SWEEP_AT {
+                let before = self.topics.len();
+                self.topics.retain(|_, s| s.total > 0);
+                log::warn!(
+                    "hub: {before} topics known; forgot {} without subscribers",
+                    before - self.topics.len()
+                );
+            }
+            let name: Arc<str> = Arc::from(topic);
+            self.topics.insert(
+                name.clone(),
+                TopicState {
+                    name,
+                    seq: 0,
+                    per_worker: vec![0; workers],
+                    total: 0,
+                },
+            );
+        }
+        match self.topics.get_mut(topic) {
+            Some(s) => s,
+            None => unreachable!("inserted above"),
+        }
+    }
 }
 
 /// What a publication reached.
@@ -266,18 +303,7 @@ impl Hub {
     /// for it, and hand it to the workers that have subscribers.
     pub fn publish(&self, topic: &str, make: impl FnOnce(u64) -> Frame) -> Published {
         let mut ord = self.ordered();
-        let n = self.links.len();
-        let state = match ord.topics.get_mut(topic) {
-            Some(s) => s,
-            None => ord
-                .topics
-                .entry(Arc::from(topic))
-                .or_insert_with(|| TopicState {
-                    seq: 0,
-                    per_worker: vec![0; n],
-                    total: 0,
-                }),
-        };
+        let state = ord.entry(topic, self.links.len());
         state.seq += 1;
         let published = Published {
             seq: state.seq,
@@ -285,10 +311,9 @@ impl Hub {
         };
         if state.total > 0 {
             let frame = make(state.seq);
-            let name: Arc<str> = Arc::from(topic);
             for (w, &count) in state.per_worker.iter().enumerate() {
                 if count > 0 {
-                    self.post(w, Command::Publish(name.clone(), frame.clone()));
+                    self.post(w, Command::Publish(state.name.clone(), frame.clone()));
                 }
             }
         }
@@ -298,23 +323,12 @@ impl Hub {
     /// A worker's subscriber count for `topic` changed by `delta` (±1).
     pub fn subscription_changed(&self, topic: &str, worker: usize, delta: i32) {
         let mut ord = self.ordered();
-        let n = self.links.len();
         if delta > 0 {
             ord.subscriptions += 1;
         } else {
             ord.subscriptions = ord.subscriptions.saturating_sub(1);
         }
-        let state = match ord.topics.get_mut(topic) {
-            Some(s) => s,
-            None => ord
-                .topics
-                .entry(Arc::from(topic))
-                .or_insert_with(|| TopicState {
-                    seq: 0,
-                    per_worker: vec![0; n],
-                    total: 0,
-                }),
-        };
+        let state = ord.entry(topic, self.links.len());
         if let Some(c) = state.per_worker.get_mut(worker) {
             if delta > 0 {
                 *c += 1;
@@ -323,6 +337,10 @@ impl Hub {
                 *c -= 1;
                 state.total -= 1;
             }
+        }
+        if state.total == 0 && state.seq == 0 {
+            // Never published: nothing to remember (subscription churn must not grow the map).
+            ord.topics.remove(topic);
         }
     }
 
