@@ -212,4 +212,34 @@ pub fn frame_decoder(data: &[u8]) {
         decode_chunks(&cfg, &bytes),
         "whole and bytewise decodes differ"
     );
+    decode_on_after_errors(&cfg, &parts);
+}
+
+/// Misuse on purpose: keep feeding after errors (the rest of the failing
+/// chunk is dropped). Must not panic, must not buffer past the limits, and
+/// every `Text` must still be UTF-8 (the decoder builds it unchecked).
+fn decode_on_after_errors(cfg: &DecoderConfig, chunks: &[&[u8]]) {
+    let mut dec = Decoder::new();
+    let limit = usize::try_from(cfg.max_message_size)
+        .unwrap_or(usize::MAX)
+        .saturating_add(125);
+    for chunk in chunks {
+        let mut data = chunk.to_vec();
+        let mut pos = 0;
+        while pos < data.len() {
+            match dec.decode(cfg, &mut data[pos..]) {
+                Ok(d) => {
+                    pos += d.consumed;
+                    if let Some(Message::Text(t)) = d.message {
+                        assert!(
+                            std::str::from_utf8(t.as_bytes()).is_ok(),
+                            "Text that is not UTF-8"
+                        );
+                    }
+                }
+                Err(_) => break,
+            }
+            assert!(dec.buffered_capacity() <= limit, "buffered past the limits");
+        }
+    }
 }

@@ -50,10 +50,7 @@ pub fn shared(opcode: OpCode, payload: &[u8]) -> Arc<[u8]> {
     let mut hb = [0u8; MAX_HEADER_LEN];
     let n = h.write(&mut hb);
     let total = n + payload.len();
-    // `iter::repeat_n` would say this more concisely but needs Rust 1.82
-    // (the crate's MSRV is 1.80).
-    #[allow(clippy::manual_repeat_n)]
-    let mut arc: Arc<[u8]> = std::iter::repeat(0u8).take(total).collect();
+    let mut arc: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
     match Arc::get_mut(&mut arc) {
         Some(buf) => {
             buf[..n].copy_from_slice(&hb[..n]);
