@@ -30,6 +30,8 @@ pub(crate) struct HttpState {
     pub buf: Vec<u8>,
     /// The current request head must be complete by then (worker clock, ms).
     pub deadline: u32,
+    /// The peer's address, as `accept` gave it (no `getpeername` per request).
+    pub peer: std::net::SocketAddr,
 }
 
 /// Flag: queued output waits for the end-of-turn flush.

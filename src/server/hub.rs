@@ -125,7 +125,7 @@ pub(crate) enum Command {
     /// Close one connection with a code and reason.
     Close(ConnId, u16, Arc<str>),
     /// Take over a connection accepted by another worker.
-    Adopt(std::net::TcpStream),
+    Adopt(std::net::TcpStream, std::net::SocketAddr),
     /// Begin the graceful shutdown.
     Shutdown,
 }

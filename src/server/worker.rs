@@ -696,7 +696,7 @@ impl<H: Handler> App<H> {
                 Err(e) => return self.refuse(core, key, e),
             };
             let id = core.id_of(key);
-            let peer = core.conns.get(key).and_then(|c| c.stream.peer_addr().ok());
+            let peer = Some(hs.peer);
             if !handshake::is_upgrade(&req) {
                 core.stats.http_requests_total += 1;
                 let info = ConnInfo {
@@ -943,7 +943,7 @@ impl<H: Handler> Loop<H> {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     self.core.stats.accepted_total += 1;
                     if self.distribute {
                         let n = self.core.handle.workers();
@@ -954,11 +954,11 @@ impl<H: Handler> Loop<H> {
                             self.core
                                 .handle
                                 .hub()
-                                .post(target, Command::Adopt(std_stream));
+                                .post(target, Command::Adopt(std_stream, peer));
                             continue;
                         }
                     }
-                    self.adopt(stream);
+                    self.adopt(stream, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -992,7 +992,7 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Take a freshly accepted socket into this worker.
-    fn adopt(&mut self, mut stream: TcpStream) {
+    fn adopt(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
         let core = &mut self.core;
         if core.draining || core.conns.len() >= MAX_KEY {
             return;
@@ -1024,6 +1024,7 @@ impl<H: Handler> Loop<H> {
                 parser: Default::default(),
                 buf: Vec::new(),
                 deadline,
+                peer,
             }));
         }
         let generation = conn.generation;
@@ -1161,7 +1162,7 @@ impl<H: Handler> Loop<H> {
                         .close_conn(key, code, &reason, CloseReason::Server(code));
                 }
             }
-            Command::Adopt(stream) => self.adopt(TcpStream::from_std(stream)),
+            Command::Adopt(stream, peer) => self.adopt(TcpStream::from_std(stream), peer),
             Command::Shutdown => self.begin_drain(),
         }
     }
