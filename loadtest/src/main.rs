@@ -170,15 +170,19 @@ fn child_say(line: &str) {
     let _ = out.flush();
 }
 
-fn child_wait(word: &str) {
+/// Wait for a line from the parent that starts with `word`; returns the rest.
+fn child_wait(word: &str) -> String {
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
         line.clear();
         match stdin.lock().read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line.trim() == word => return,
-            Ok(_) => {}
+            Ok(0) | Err(_) => return String::new(),
+            Ok(_) => {
+                if let Some(rest) = line.trim().strip_prefix(word) {
+                    return rest.trim().to_string();
+                }
+            }
         }
     }
 }
@@ -249,9 +253,16 @@ fn run_local(a: &Args, cfg: Config) -> Results {
         ticker.tick(&sh, v, what);
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Deliveries each subscriber owes: every message published by any
+    // process. A child learns the total from its parent.
+    let published = if child && cfg.mode == Mode::Broadcast {
+        child_say(&format!("TIMED {}", sh.sent.load(SeqCst)));
+        child_wait("EXPECT").parse().unwrap_or(0)
+    } else {
+        sh.sent.load(SeqCst)
+    };
     // Drain.
     let drain_end = now_ns() + (a.drain * 1e9) as u64;
-    let mut last = (sh.received.load(SeqCst), now_ns());
     loop {
         let now = now_ns();
         if now >= drain_end {
@@ -262,16 +273,11 @@ fn run_local(a: &Args, cfg: Config) -> Results {
         let subs = sh.subs.load(SeqCst);
         let done = match cfg.mode {
             Mode::Echo => recv >= sent,
-            Mode::Broadcast if procs == 1 => recv >= sent * subs,
-            // Other processes' publishes are unknown here: wait for a quiet second.
-            Mode::Broadcast => now - last.1 > 1_000_000_000,
+            Mode::Broadcast => recv >= published * subs,
             Mode::Connect | Mode::Idle => true,
         };
         if done {
             break;
-        }
-        if recv != last.0 {
-            last = (recv, now);
         }
         ticker.tick(&sh, recv, what);
         std::thread::sleep(Duration::from_millis(5));
@@ -397,6 +403,8 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
     let start = now_ns();
     let mut ready = 0;
     let mut drained = 0;
+    let mut timed = 0;
+    let mut published = 0u64;
     let mut gone = 0;
     let mut results: Vec<Option<Results>> = vec![None; k];
     let mut prog: Vec<(i64, u64, u64, u64)> = vec![(0, 0, 0, 0); k];
@@ -427,6 +435,13 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
                             scpu0 = a.server_pid.and_then(stats::proc_cpu_s);
                             go_ns = now_ns();
                             say_all(&mut stdins, "GO");
+                        }
+                    }
+                    Some("TIMED") => {
+                        timed += 1;
+                        published += it.next().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                        if timed == k {
+                            say_all(&mut stdins, &format!("EXPECT {published}"));
                         }
                     }
                     Some("DRAINED") => {
@@ -476,6 +491,7 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
         // A child that died before READY would block the others forever.
         if gone > 0 && (ready < k || drained < k) {
             say_all(&mut stdins, "GO");
+            say_all(&mut stdins, "EXPECT 0");
             say_all(&mut stdins, "CLOSE");
         }
     }
