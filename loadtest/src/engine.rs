@@ -17,7 +17,7 @@ use wspush::protocol::encode::{masked_close_into, masked_frame_into};
 use wspush::protocol::{Decoder, DecoderConfig, Message, OpCode, Role};
 
 use crate::stats::{new_hist, record, Results};
-use crate::wire::{self, elapsed_since, now_ns, Probe, Rng};
+use crate::wire::{self, elapsed_since, now_ns, HttpReply, Probe, PushFrame, Rng};
 
 /// What a run does once connections are open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,6 +30,10 @@ pub enum Mode {
     Echo,
     /// Publishers send, every connection receives every message.
     Broadcast,
+    /// wspush's push service: every connection subscribes to `--channel`,
+    /// one publisher POSTs `/publish/CHANNEL` over a keep-alive HTTP/1.1
+    /// connection, every subscriber receives every publication.
+    Push,
 }
 
 /// The engine's view of the command line, shared by all threads.
@@ -56,6 +60,24 @@ pub struct Config {
     /// Bound on the whole connect phase.
     pub connect_deadline_ns: u64,
     pub duration_ns: u64,
+    /// Push: channel subscribed to and published on.
+    pub channel: String,
+    /// Push: where the HTTP API listens, and its Host header.
+    pub api_addr: SocketAddr,
+    pub api_host: String,
+    /// Push: `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Connections in the whole run: the `recipients` each publication must reach.
+    pub conns: u32,
+    /// Push: this process holds the publisher (process 0, thread 0).
+    pub publisher: bool,
+}
+
+impl Config {
+    /// Modes in which subscribers check per-publisher ordering and fan-out.
+    pub fn fans_out(&self) -> bool {
+        matches!(self.mode, Mode::Broadcast | Mode::Push)
+    }
 }
 
 /// Fan-out tracking of one message: (sequence tag << 32 | deliveries seen)
@@ -90,14 +112,17 @@ pub struct Shared {
     pub fan: Vec<Slot>,
     /// Per publisher: messages whose fan-out completed.
     pub completed: Vec<AtomicU64>,
+    /// Push: server seq − stamp seq, from the first publish response
+    /// (u64::MAX until known).
+    pub pub_base: AtomicU64,
 }
 
 impl Shared {
     pub fn new(cfg: &Config) -> Shared {
-        let k = if cfg.mode == Mode::Broadcast {
-            cfg.publishers as usize
-        } else {
-            0
+        let k = match cfg.mode {
+            Mode::Broadcast => cfg.publishers as usize,
+            Mode::Push => 1,
+            _ => 0,
         };
         let ring = match (1usize << 20).checked_div(k) {
             None => 1,
@@ -122,6 +147,7 @@ impl Shared {
             ring,
             fan: (0..k * ring).map(|_| Slot::default()).collect(),
             completed: (0..k).map(|_| AtomicU64::new(0)).collect(),
+            pub_base: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -131,6 +157,8 @@ enum St {
     New,
     Connecting,
     Handshake,
+    /// Push: upgraded, waiting for the welcome message.
+    Welcome,
     Open,
     Closing,
     Closed,
@@ -160,11 +188,14 @@ struct Conn {
     /// Echo replies received: the next expected sequence.
     recv: u64,
     streams: Vec<Stream>,
+    /// Push: server seq − stamp seq seen by this subscriber (u64::MAX: none yet).
+    base: u64,
 }
 
 /// What a decoded frame was, copied out so the decoder's borrow ends.
 enum Ev {
     Data { len: usize, probe: Option<Probe> },
+    Push { len: usize, frame: PushFrame },
     Ping { buf: [u8; 125], len: usize },
     Close(Option<u16>),
     Other,
@@ -186,6 +217,8 @@ struct Cx {
     deadline: u64,
     reported: (u64, u64, u64, u64, i64),
     last_live: u64,
+    /// Push: `"channel":"NAME"` as it appears in a push frame.
+    chan: Vec<u8>,
 }
 
 pub struct Worker {
@@ -193,16 +226,38 @@ pub struct Worker {
     scratch: Vec<u8>,
     events: Events,
     pubs: Vec<usize>,
+    /// Push: the HTTP publisher, in one thread of one process.
+    http: Option<HttpPub>,
     cx: Cx,
+}
+
+/// Token of the publisher's HTTP connection.
+const HTTP_TOKEN: Token = Token(usize::MAX - 1);
+
+/// Push mode's publisher: one keep-alive HTTP/1.1 connection; requests are
+/// pipelined (the server answers them in order), each one a copy of a fixed
+/// template whose stamp is rewritten in place.
+struct HttpPub {
+    sock: TcpStream,
+    /// The whole request; the body's stamp starts at `stamp_at`.
+    req: Vec<u8>,
+    stamp_at: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    rbuf: Vec<u8>,
+    /// Requests queued (the next stamp sequence) and responses parsed.
+    sent: u64,
+    answered: u64,
+    dead: bool,
 }
 
 impl Worker {
     /// A thread's worker for the connections with global indices `gs`.
     pub fn new(cfg: Arc<Config>, sh: Arc<Shared>, gs: Vec<u32>, seed: u64) -> io::Result<Worker> {
-        let k = if cfg.mode == Mode::Broadcast {
-            cfg.publishers as usize
-        } else {
-            0
+        let k = match cfg.mode {
+            Mode::Broadcast => cfg.publishers as usize,
+            Mode::Push => 1,
+            _ => 0,
         };
         let conns: Vec<Conn> = gs
             .iter()
@@ -219,6 +274,7 @@ impl Worker {
                 sent: 0,
                 recv: 0,
                 streams: vec![Stream::default(); k],
+                base: u64::MAX,
             })
             .collect();
         let pubs = if cfg.mode == Mode::Broadcast {
@@ -239,6 +295,7 @@ impl Worker {
             scratch: vec![0u8; 256 * 1024],
             events: Events::with_capacity(1024),
             pubs,
+            http: None,
             cx: Cx {
                 dcfg: DecoderConfig::for_role(Role::Client),
                 payload,
@@ -252,6 +309,11 @@ impl Worker {
                 deadline: u64::MAX,
                 reported: (0, 0, 0, 0, 0),
                 last_live: 0,
+                chan: format!(
+                    "\"channel\":{}",
+                    serde_json::Value::from(cfg.channel.as_str())
+                )
+                .into_bytes(),
                 cfg,
                 sh,
             },
@@ -259,9 +321,15 @@ impl Worker {
     }
 
     /// Run every phase; returns this thread's counts.
-    pub fn run(mut self) -> Results {
+    pub fn run(mut self, publisher: bool) -> Results {
         let cfg = self.cx.cfg.clone();
         let sh = self.cx.sh.clone();
+        if publisher && cfg.mode == Mode::Push {
+            match HttpPub::open(&cfg, &self.cx.poll) {
+                Ok(h) => self.http = Some(h),
+                Err(e) => self.cx.r.fail(format!("publisher connect: {}", short(&e))),
+            }
+        }
         if cfg.mode != Mode::Connect {
             self.connect_phase();
         }
@@ -299,6 +367,28 @@ impl Worker {
 
     fn finish(mut self) -> Results {
         let cfg = &self.cx.cfg;
+        if cfg.mode == Mode::Push {
+            if let Some(h) = &self.http {
+                let n = h.sent - h.answered;
+                if n > 0 {
+                    *self
+                        .cx
+                        .r
+                        .failures
+                        .entry("publish unanswered".into())
+                        .or_insert(0) += n;
+                }
+            }
+            // Every subscriber must have seen the seq the publisher was told.
+            let b = self.cx.sh.pub_base.load(SeqCst);
+            if b != u64::MAX {
+                self.cx.r.mismatched += self
+                    .conns
+                    .iter()
+                    .filter(|c| c.base != u64::MAX && c.base != b)
+                    .count() as u64;
+            }
+        }
         if cfg.mode == Mode::Echo {
             self.cx.r.lost = self
                 .conns
@@ -320,6 +410,12 @@ impl Worker {
             return;
         }
         for ev in self.events.iter() {
+            if ev.token() == HTTP_TOKEN {
+                if let Some(h) = self.http.as_mut() {
+                    h.service(&mut self.scratch, &mut self.cx);
+                }
+                continue;
+            }
             let i = ev.token().0;
             let Some(conn) = self.conns.get_mut(i) else {
                 continue;
@@ -345,7 +441,7 @@ impl Worker {
             let now = now_ns();
             if now > deadline {
                 for c in self.conns.iter_mut() {
-                    if matches!(c.st, St::Connecting | St::Handshake) {
+                    if matches!(c.st, St::Connecting | St::Handshake | St::Welcome) {
                         self.cx.fail(c, "connect phase deadline".into());
                     }
                 }
@@ -355,11 +451,13 @@ impl Worker {
                 last_scan = now;
                 let to = self.cx.cfg.handshake_timeout_ns;
                 for c in self.conns.iter_mut() {
-                    if matches!(c.st, St::Connecting | St::Handshake) && now - c.t0 > to {
-                        let what = if c.st == St::Connecting {
-                            "connect timeout"
-                        } else {
-                            "handshake timeout"
+                    if matches!(c.st, St::Connecting | St::Handshake | St::Welcome)
+                        && now - c.t0 > to
+                    {
+                        let what = match c.st {
+                            St::Connecting => "connect timeout",
+                            St::Handshake => "handshake timeout",
+                            _ => "no welcome message",
                         };
                         self.cx.fail(c, what.into());
                     }
@@ -407,6 +505,33 @@ impl Worker {
                 break;
             }
             let mut timeout = Duration::from_millis(5);
+            if let Some(h) = self.http.as_mut().filter(|h| !h.dead) {
+                if cfg.rate > 0.0 {
+                    let tick_ns = (1e9 / cfg.rate).max(1.0) as u64;
+                    let mut burst = 0;
+                    while go + tick * tick_ns <= now && burst < 10_000 {
+                        h.queue(&mut self.cx, now);
+                        tick += 1;
+                        burst += 1;
+                    }
+                    if burst > 0 {
+                        h.flush(&mut self.cx);
+                    }
+                    let next = go + tick * tick_ns;
+                    timeout = Duration::from_nanos(next.saturating_sub(now_ns()).min(5_000_000));
+                } else {
+                    let done = self.cx.sh.completed[0].load(Acquire);
+                    let mut queued = false;
+                    while h.sent - done.min(h.sent) < cfg.window {
+                        h.queue(&mut self.cx, now);
+                        queued = true;
+                    }
+                    if queued {
+                        h.flush(&mut self.cx);
+                    }
+                    timeout = Duration::from_millis(1);
+                }
+            }
             if cfg.mode == Mode::Broadcast && kl > 0 {
                 if tick_ns > 0 {
                     let mut burst = 0;
@@ -565,7 +690,7 @@ fn handle(c: &mut Conn, scratch: &mut [u8], cx: &mut Cx) {
         c.hs = Vec::with_capacity(256);
         wire::write_request(&mut c.wbuf, &cx.cfg.host, &cx.cfg.path, &c.key);
     }
-    if matches!(c.st, St::Handshake | St::Open | St::Closing) {
+    if matches!(c.st, St::Handshake | St::Welcome | St::Open | St::Closing) {
         read_all(c, scratch, cx);
         flush(c, cx);
     }
@@ -593,7 +718,13 @@ fn read_all(c: &mut Conn, scratch: &mut [u8], cx: &mut Cx) {
                             return;
                         }
                         wire::Response::Upgraded(end) => {
-                            cx.opened(c);
+                            if cx.cfg.mode == Mode::Push {
+                                // Open once the welcome (sent after the
+                                // subscription) has come.
+                                c.st = St::Welcome;
+                            } else {
+                                cx.opened(c);
+                            }
                             let mut rest = std::mem::take(&mut c.hs);
                             on_bytes(c, &mut rest[end..], cx, now_ns());
                         }
@@ -638,6 +769,10 @@ fn on_bytes(c: &mut Conn, data: &mut [u8], cx: &mut Cx, now: u64) {
                 pos += d.consumed;
                 match d.message {
                     None => break,
+                    Some(Message::Text(t)) if cx.cfg.mode == Mode::Push => Ev::Push {
+                        len: t.len(),
+                        frame: wire::parse_push(t.as_bytes(), &cx.chan),
+                    },
                     Some(Message::Text(t)) => Ev::Data {
                         len: t.len(),
                         probe: Probe::read(t.as_bytes()),
@@ -658,6 +793,7 @@ fn on_bytes(c: &mut Conn, data: &mut [u8], cx: &mut Cx, now: u64) {
         };
         match ev {
             Ev::Data { len, probe } => on_data(c, cx, len, probe, now),
+            Ev::Push { len, frame } => on_push(c, cx, len, frame, now),
             Ev::Ping { buf, len } => {
                 let key = cx.rng.key();
                 masked_frame_into(&mut c.wbuf, true, OpCode::Pong, &buf[..len], key);
@@ -710,29 +846,69 @@ fn on_data(c: &mut Conn, cx: &mut Cx, len: usize, probe: Option<Probe>, now: u64
                 cx.r.mismatched += 1;
                 return;
             };
-            let s = &mut c.streams[p.id as usize];
-            if p.seq >= s.next {
-                let shift = p.seq - s.next + 1;
-                s.seen = if shift >= 64 { 0 } else { s.seen << shift } | 1;
-                s.next = p.seq + 1;
-            } else {
-                let d = s.next - 1 - p.seq;
-                if d < 64 && s.seen & (1 << d) != 0 {
-                    cx.r.duplicated += 1;
-                    return;
-                }
-                if d < 64 {
-                    s.seen |= 1 << d;
-                }
-                cx.r.out_of_order += 1;
-            }
-            let lat = elapsed_since(p.ts, now);
-            record(&mut cx.r.lat, lat);
-            record(&mut cx.live, lat);
-            cx.fanout(p.id, p.seq, lat);
+            track(c, cx, p, now);
         }
-        Mode::Connect | Mode::Idle => {}
+        Mode::Connect | Mode::Idle | Mode::Push => {}
     }
+}
+
+/// A text frame on a push subscription: the welcome first, then pushes.
+fn on_push(c: &mut Conn, cx: &mut Cx, len: usize, frame: PushFrame, now: u64) {
+    if c.st == St::Welcome {
+        if frame == PushFrame::Welcome {
+            cx.opened(c);
+        } else {
+            cx.fail(c, "first message is not the welcome".into());
+        }
+        return;
+    }
+    cx.r.received += 1;
+    if now < cx.deadline {
+        cx.r.received_in_window += 1;
+        cx.r.bytes_in_window += len as u64;
+    }
+    let PushFrame::Push(p, srv_seq) = frame else {
+        cx.r.mismatched += 1;
+        return;
+    };
+    if p.id != 0 {
+        cx.r.mismatched += 1;
+        return;
+    }
+    // seq must rise by one per publication: server seq − stamp seq is the
+    // same for every delivery (and, checked at the end, for the publisher).
+    let base = srv_seq.wrapping_sub(p.seq);
+    if c.base == u64::MAX {
+        c.base = base;
+    } else if c.base != base {
+        cx.r.mismatched += 1;
+    }
+    track(c, cx, p, now);
+}
+
+/// Ordering, loss and duplicate accounting of one delivery, then its
+/// latency and fan-out.
+fn track(c: &mut Conn, cx: &mut Cx, p: Probe, now: u64) {
+    let s = &mut c.streams[p.id as usize];
+    if p.seq >= s.next {
+        let shift = p.seq - s.next + 1;
+        s.seen = if shift >= 64 { 0 } else { s.seen << shift } | 1;
+        s.next = p.seq + 1;
+    } else {
+        let d = s.next - 1 - p.seq;
+        if d < 64 && s.seen & (1 << d) != 0 {
+            cx.r.duplicated += 1;
+            return;
+        }
+        if d < 64 {
+            s.seen |= 1 << d;
+        }
+        cx.r.out_of_order += 1;
+    }
+    let lat = elapsed_since(p.ts, now);
+    record(&mut cx.r.lat, lat);
+    record(&mut cx.live, lat);
+    cx.fanout(p.id, p.seq, lat);
 }
 
 /// Queue one data message carrying (connection id, next sequence, now).
@@ -787,7 +963,7 @@ impl Cx {
 
     fn drop_conn(&mut self, c: &mut Conn) {
         match c.st {
-            St::Connecting | St::Handshake => self.in_progress -= 1,
+            St::Connecting | St::Handshake | St::Welcome => self.in_progress -= 1,
             St::Open | St::Closing => self.open -= 1,
             _ => {}
         }
@@ -878,5 +1054,149 @@ impl Cx {
                 self.live.reset();
             }
         }
+    }
+}
+
+impl HttpPub {
+    fn open(cfg: &Config, poll: &Poll) -> io::Result<HttpPub> {
+        let std = std::net::TcpStream::connect_timeout(
+            &cfg.api_addr,
+            Duration::from_nanos(cfg.handshake_timeout_ns.max(1)),
+        )?;
+        std.set_nodelay(true)?;
+        std.set_nonblocking(true)?;
+        let mut sock = TcpStream::from_std(std);
+        poll.registry().register(
+            &mut sock,
+            HTTP_TOKEN,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let mut req = Vec::new();
+        req.extend_from_slice(b"POST /publish/");
+        req.extend_from_slice(cfg.channel.as_bytes());
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        req.extend_from_slice(cfg.api_host.as_bytes());
+        if let Some(k) = &cfg.api_key {
+            req.extend_from_slice(b"\r\nAuthorization: Bearer ");
+            req.extend_from_slice(k.as_bytes());
+        }
+        let body = wire::template(cfg.size.max(wire::STAMP_LEN));
+        req.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
+        req.extend_from_slice(body.len().to_string().as_bytes());
+        req.extend_from_slice(b"\r\n\r\n");
+        let stamp_at = req.len();
+        req.extend_from_slice(&body);
+        Ok(HttpPub {
+            sock,
+            req,
+            stamp_at,
+            wbuf: Vec::with_capacity(64 * 1024),
+            wpos: 0,
+            rbuf: Vec::with_capacity(64 * 1024),
+            sent: 0,
+            answered: 0,
+            dead: false,
+        })
+    }
+
+    /// Queue one publication stamped (0, next sequence, now).
+    #[inline]
+    fn queue(&mut self, cx: &mut Cx, now: u64) {
+        Probe {
+            id: 0,
+            seq: self.sent,
+            ts: now,
+        }
+        .write_stamp(&mut self.req[self.stamp_at..]);
+        self.wbuf.extend_from_slice(&self.req);
+        self.sent += 1;
+        cx.r.sent += 1;
+        if now < cx.deadline {
+            cx.r.sent_in_window += 1;
+        }
+    }
+
+    fn flush(&mut self, cx: &mut Cx) {
+        while self.wpos < self.wbuf.len() && !self.dead {
+            match self.sock.write(&self.wbuf[self.wpos..]) {
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.die(cx, format!("publisher write: {}", short(&e))),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+    }
+
+    fn die(&mut self, cx: &mut Cx, why: String) {
+        if !self.dead {
+            self.dead = true;
+            cx.r.fail(why);
+            let _ = cx.poll.registry().deregister(&mut self.sock);
+        }
+    }
+
+    /// Readable or writable: send what is queued, parse every complete response.
+    fn service(&mut self, scratch: &mut [u8], cx: &mut Cx) {
+        self.flush(cx);
+        while !self.dead {
+            match self.sock.read(scratch) {
+                Ok(0) => return self.die(cx, "publisher: connection closed by server".into()),
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&scratch[..n]);
+                    self.parse(cx);
+                    if n < scratch.len() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.die(cx, format!("publisher read: {}", short(&e))),
+            }
+        }
+    }
+
+    fn parse(&mut self, cx: &mut Cx) {
+        let mut off = 0;
+        loop {
+            match wire::parse_http_reply(&self.rbuf[off..]) {
+                HttpReply::Partial => break,
+                HttpReply::Bad(why) => {
+                    self.die(cx, format!("publisher: {why}"));
+                    break;
+                }
+                HttpReply::Done {
+                    status,
+                    seq,
+                    recipients,
+                    consumed,
+                } => {
+                    off += consumed;
+                    let n = self.answered;
+                    self.answered += 1;
+                    if status != 200 {
+                        cx.r.fail(format!("publish: http {status}"));
+                        continue;
+                    }
+                    if recipients != Some(cx.cfg.conns as u64) {
+                        cx.r.recipients_mismatched += 1;
+                    }
+                    match seq {
+                        Some(s) => {
+                            let base = s.wrapping_sub(n);
+                            let sh = &cx.sh.pub_base;
+                            if let Err(b) = sh.compare_exchange(u64::MAX, base, SeqCst, SeqCst) {
+                                if b != base {
+                                    cx.r.mismatched += 1;
+                                }
+                            }
+                        }
+                        None => cx.r.mismatched += 1,
+                    }
+                }
+            }
+        }
+        self.rbuf.drain(..off);
     }
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! wsload echo --url ws://127.0.0.1:9001/echo -c 100 --in-flight 1 --size 20 -d 5
 //! wsload broadcast --url ws://127.0.0.1:9001/broadcast -c 1000 --publishers 1 --rate 10
+//! wsload push --url ws://127.0.0.1:9001/ws --channel bench -c 10000 --rate 10 -d 10
 //! wsload connect -c 10000 --url ws://127.0.0.1:9001/echo
 //! wsload idle -c 10000 -d 5 --server-pid $(pidof wspush)
 //! ```
@@ -32,7 +33,7 @@ use engine::{Config, Mode, Shared, Worker};
 use stats::Results;
 use wire::now_ns;
 
-/// Load generator for WebSocket servers: connect, idle, echo, broadcast.
+/// Load generator for WebSocket servers: connect, idle, echo, broadcast, push.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "wsload", version)]
 pub struct Args {
@@ -99,6 +100,15 @@ pub struct Args {
     /// Exit with status 1 when errors exceed this.
     #[arg(long, default_value_t = 0)]
     pub max_errors: u64,
+    /// Push: channel to subscribe to (`?channel=` is added to --url) and publish on.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Push: the HTTP API's address HOST:PORT (default: --url's).
+    #[arg(long)]
+    pub api_addr: Option<String>,
+    /// Push: API key, sent as `Authorization: Bearer KEY`.
+    #[arg(long)]
+    pub api_key: Option<String>,
     /// Internal: index of this child process (set by --procs).
     #[arg(long, hide = true)]
     pub child_index: Option<u32>,
@@ -126,7 +136,22 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
 }
 
 fn build_config(a: &Args) -> Result<Config, String> {
-    let (addr, host, path) = parse_url(&a.url)?;
+    let (addr, host, mut path) = parse_url(&a.url)?;
+    let (mut api_addr, mut api_host) = (addr, host.clone());
+    let push = a.mode == Mode::Push;
+    if push {
+        let ok = |b: u8| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b);
+        if a.channel.is_empty() || a.channel.len() > 128 || !a.channel.bytes().all(ok) {
+            return Err("--channel must be [A-Za-z0-9_.:@-]{1,128}".into());
+        }
+        let sep = if path.contains('?') { '&' } else { '?' };
+        path = format!("{path}{sep}channel={}", a.channel);
+        if let Some(api) = &a.api_addr {
+            let (ad, h, _) = parse_url(&format!("ws://{api}"))?;
+            api_addr = ad;
+            api_host = h;
+        }
+    }
     if a.size < wire::PROBE_LEN && matches!(a.mode, Mode::Echo | Mode::Broadcast) {
         return Err(format!("--size must be at least {}", wire::PROBE_LEN));
     }
@@ -136,7 +161,7 @@ fn build_config(a: &Args) -> Result<Config, String> {
     if a.sources > 254 {
         return Err("--sources at most 254".into());
     }
-    let publishers = a.publishers.min(a.conns);
+    let publishers = if push { 1 } else { a.publishers.min(a.conns) };
     if a.mode == Mode::Broadcast
         && (a.conns as u64 / a.procs.max(1) as u64) * publishers as u64 > 50_000_000
     {
@@ -160,6 +185,12 @@ fn build_config(a: &Args) -> Result<Config, String> {
         handshake_timeout_ns: (a.handshake_timeout * 1e9) as u64,
         connect_deadline_ns: (a.connect_deadline * 1e9) as u64,
         duration_ns: (a.duration * 1e9) as u64,
+        channel: a.channel.clone(),
+        api_addr,
+        api_host,
+        api_key: a.api_key.clone(),
+        conns: a.conns,
+        publisher: push && a.child_index.unwrap_or(0) == 0,
     })
 }
 
@@ -217,7 +248,8 @@ fn run_local(a: &Args, cfg: Config) -> Results {
         let seed =
             now_ns() ^ ((pidx as u64) << 40) ^ ((t as u64 + 1) << 20) ^ std::process::id() as u64;
         let w = Worker::new(cfg.clone(), sh.clone(), gs, seed).expect("poll");
-        handles.push(std::thread::spawn(move || w.run()));
+        let publisher = cfg.publisher && t == 0;
+        handles.push(std::thread::spawn(move || w.run(publisher)));
     }
     let mut ticker = Ticker::new(a, child);
     while sh.ready.load(SeqCst) < threads {
@@ -255,7 +287,7 @@ fn run_local(a: &Args, cfg: Config) -> Results {
     }
     // Deliveries each subscriber owes: every message published by any
     // process. A child learns the total from its parent.
-    let published = if child && cfg.mode == Mode::Broadcast {
+    let published = if child && cfg.fans_out() {
         child_say(&format!("TIMED {}", sh.sent.load(SeqCst)));
         child_wait("EXPECT").parse().unwrap_or(0)
     } else {
@@ -273,7 +305,7 @@ fn run_local(a: &Args, cfg: Config) -> Results {
         let subs = sh.subs.load(SeqCst);
         let done = match cfg.mode {
             Mode::Echo => recv >= sent,
-            Mode::Broadcast => recv >= published * subs,
+            Mode::Broadcast | Mode::Push => recv >= published * subs,
             Mode::Connect | Mode::Idle => true,
         };
         if done {

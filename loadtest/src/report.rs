@@ -109,17 +109,23 @@ pub fn summarize(a: &Args, cfg: &Config, r: &mut Results) -> Summary {
             errors += r.lost + r.mismatched;
             per_msg = Some((r.received, "msg"));
         }
-        Mode::Broadcast => {
+        Mode::Broadcast | Mode::Push => {
+            let push = cfg.mode == Mode::Push;
             let w = r.window_s.max(1e-9);
             let subs = r.open_at_go;
             let expected = r.sent * subs;
             let unique = r.received - r.duplicated;
             r.lost = expected.saturating_sub(unique);
-            o.insert("size".into(), json!(cfg.size));
+            if push {
+                o.insert("channel".into(), json!(cfg.channel));
+                o.insert("size".into(), json!(cfg.size.max(crate::wire::STAMP_LEN)));
+            } else {
+                o.insert("size".into(), json!(cfg.size));
+            }
             o.insert("publishers".into(), json!(cfg.publishers));
             o.insert("subscribers".into(), json!(subs));
             o.insert(
-                "rate_per_publisher".into(),
+                if push { "rate" } else { "rate_per_publisher" }.into(),
                 if cfg.rate > 0.0 {
                     json!(cfg.rate)
                 } else {
@@ -178,6 +184,13 @@ pub fn summarize(a: &Args, cfg: &Config, r: &mut Results) -> Summary {
             o.insert("out_of_order".into(), json!(r.out_of_order));
             o.insert("mismatched".into(), json!(r.mismatched));
             errors += r.lost + r.duplicated + r.out_of_order + r.mismatched;
+            if push {
+                o.insert(
+                    "recipients_mismatched".into(),
+                    json!(r.recipients_mismatched),
+                );
+                errors += r.recipients_mismatched;
+            }
             per_msg = Some((r.received, "delivery"));
         }
         Mode::Idle => {

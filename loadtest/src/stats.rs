@@ -45,6 +45,8 @@ pub struct Results {
     pub mismatched: u64,
     /// Echo: replies never received. Broadcast: computed at the end.
     pub lost: u64,
+    /// Push: publish responses whose `recipients` was not the connection count.
+    pub recipients_mismatched: u64,
     /// Fan-out samples dropped because the tracking slot was reused first.
     pub fanout_incomplete: u64,
     /// RTT (echo) or publish→delivery latency (broadcast).
@@ -88,6 +90,7 @@ impl Default for Results {
             mismatched: 0,
             lost: 0,
             fanout_incomplete: 0,
+            recipients_mismatched: 0,
             lat: new_hist(),
             fanout: new_hist(),
             handshake: new_hist(),
@@ -152,6 +155,7 @@ impl Results {
         self.mismatched += o.mismatched;
         self.lost += o.lost;
         self.fanout_incomplete += o.fanout_incomplete;
+        self.recipients_mismatched += o.recipients_mismatched;
         let _ = self.lat.add(&o.lat);
         let _ = self.fanout.add(&o.fanout);
         let _ = self.handshake.add(&o.handshake);
@@ -172,6 +176,7 @@ impl Results {
             "sent_in_window": self.sent_in_window, "duplicated": self.duplicated,
             "out_of_order": self.out_of_order, "mismatched": self.mismatched, "lost": self.lost,
             "fanout_incomplete": self.fanout_incomplete,
+            "recipients_mismatched": self.recipients_mismatched,
             "lat": hist_to_json(&self.lat), "fanout": hist_to_json(&self.fanout),
             "handshake": hist_to_json(&self.handshake),
             "first_connect_ns": self.first_connect_ns, "last_handshake_ns": self.last_handshake_ns,
@@ -204,6 +209,7 @@ impl Results {
             mismatched: u("mismatched"),
             lost: u("lost"),
             fanout_incomplete: u("fanout_incomplete"),
+            recipients_mismatched: u("recipients_mismatched"),
             lat: hist_from_json(&v["lat"]),
             fanout: hist_from_json(&v["fanout"]),
             handshake: hist_from_json(&v["handshake"]),

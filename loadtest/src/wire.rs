@@ -204,6 +204,212 @@ impl Rng {
     }
 }
 
+/// Push mode: the stamp at the start of each publication's body, sent as a
+/// plain-text body (so the server delivers it as a JSON string): `w`, then
+/// publisher id (4 hex digits), sequence (12), CLOCK_MONOTONIC ns (16). Hex
+/// digits and the filler letters need no JSON escaping.
+pub const STAMP_LEN: usize = 33;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[inline]
+fn put_hex(out: &mut [u8], mut v: u64) {
+    for b in out.iter_mut().rev() {
+        *b = HEX[(v & 15) as usize];
+        v >>= 4;
+    }
+}
+
+#[inline]
+fn get_hex(inp: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for &b in inp {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | d as u64;
+    }
+    Some(v)
+}
+
+/// Largest push stamp sequence (12 hex digits).
+pub const MAX_STAMP_SEQ: u64 = (1 << 48) - 1;
+
+impl Probe {
+    /// Write the push stamp into the first [`STAMP_LEN`] bytes of `out`.
+    #[inline]
+    pub fn write_stamp(&self, out: &mut [u8]) {
+        out[0] = b'w';
+        put_hex(&mut out[1..5], self.id as u64 & 0xffff);
+        put_hex(&mut out[5..17], self.seq & MAX_STAMP_SEQ);
+        put_hex(&mut out[17..33], self.ts & TS_MASK);
+    }
+
+    /// Read a push stamp back from the start of `inp`.
+    #[inline]
+    pub fn read_stamp(inp: &[u8]) -> Option<Probe> {
+        if inp.len() < STAMP_LEN || inp[0] != b'w' {
+            return None;
+        }
+        Some(Probe {
+            id: get_hex(&inp[1..5])? as u32,
+            seq: get_hex(&inp[5..17])?,
+            ts: get_hex(&inp[17..33])?,
+        })
+    }
+}
+
+/// First position of `needle` in `hay` at or after `from`.
+#[inline]
+pub fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let first = *needle.first()?;
+    let mut i = from;
+    while i + needle.len() <= hay.len() {
+        match hay[i..hay.len() - needle.len() + 1]
+            .iter()
+            .position(|&b| b == first)
+        {
+            None => return None,
+            Some(p) => {
+                let at = i + p;
+                if &hay[at..at + needle.len()] == needle {
+                    return Some(at);
+                }
+                i = at + 1;
+            }
+        }
+    }
+    None
+}
+
+/// The unsigned decimal right after `key` (e.g. `"seq":`) in `hay`.
+#[inline]
+pub fn json_u64_after(hay: &[u8], key: &[u8], from: usize) -> Option<(u64, usize)> {
+    let at = find(hay, key, from)? + key.len();
+    let mut i = at;
+    while i < hay.len() && hay[i] == b' ' {
+        i += 1;
+    }
+    let start = i;
+    let mut v = 0u64;
+    while i < hay.len() && hay[i].is_ascii_digit() {
+        v = v.checked_mul(10)?.checked_add((hay[i] - b'0') as u64)?;
+        i += 1;
+    }
+    if i == start {
+        return None;
+    }
+    Some((v, i))
+}
+
+/// What a push-mode text frame was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushFrame {
+    /// `{"op":"welcome",...}`
+    Welcome,
+    /// `{"channel":"NAME","seq":N,"data":"<stamp>..."}`: stamp and server seq.
+    Push(Probe, u64),
+    /// Anything else (another channel, an error, not our stamp).
+    Other,
+}
+
+/// Classify a text frame received on a push subscription, without
+/// allocating: `chan` is `"channel":"NAME"` for the channel subscribed to.
+pub fn parse_push(t: &[u8], chan: &[u8]) -> PushFrame {
+    if t.starts_with(b"{\"op\":\"welcome\"") {
+        return PushFrame::Welcome;
+    }
+    // The server's envelope starts with the channel; look there first.
+    let Some(c) = (if t.get(1..1 + chan.len()) == Some(chan) {
+        Some(1)
+    } else {
+        find(t, chan, 0)
+    }) else {
+        return PushFrame::Other;
+    };
+    let Some((seq, after)) = json_u64_after(t, b"\"seq\":", c + chan.len()) else {
+        return PushFrame::Other;
+    };
+    let key = b"\"data\":\"";
+    let d = if t.get(after + 1..after + 1 + key.len()) == Some(key) {
+        Some(after + 1)
+    } else {
+        find(t, key, 0)
+    };
+    let Some(d) = d else {
+        return PushFrame::Other;
+    };
+    match Probe::read_stamp(&t[d + key.len()..]) {
+        Some(p) => PushFrame::Push(p, seq),
+        None => PushFrame::Other,
+    }
+}
+
+/// A publish response parsed from the front of `buf`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HttpReply {
+    /// Not complete yet.
+    Partial,
+    /// Status, `seq` and `recipients` of the body (when present), bytes used.
+    Done {
+        status: u16,
+        seq: Option<u64>,
+        recipients: Option<u64>,
+        consumed: usize,
+    },
+    /// Unparseable.
+    Bad(&'static str),
+}
+
+/// Parse one HTTP/1.1 response (Content-Length framed) from the front of `buf`.
+pub fn parse_http_reply(buf: &[u8]) -> HttpReply {
+    let Some(he) = find(buf, b"\r\n\r\n", 0) else {
+        if buf.len() > MAX_RESPONSE {
+            return HttpReply::Bad("response header too large");
+        }
+        return HttpReply::Partial;
+    };
+    let head = &buf[..he];
+    if head.len() < 12 || !head.starts_with(b"HTTP/1.") {
+        return HttpReply::Bad("malformed status line");
+    }
+    let Some(status) = std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok())
+    else {
+        return HttpReply::Bad("malformed status line");
+    };
+    let mut len = 0usize;
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if line[..colon].eq_ignore_ascii_case(b"content-length") {
+            match std::str::from_utf8(line[colon + 1..].trim_ascii())
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                Some(n) => len = n,
+                None => return HttpReply::Bad("bad Content-Length"),
+            }
+        }
+    }
+    let end = he + 4 + len;
+    if buf.len() < end {
+        return HttpReply::Partial;
+    }
+    let body = &buf[he + 4..end];
+    HttpReply::Done {
+        status,
+        seq: json_u64_after(body, b"\"seq\":", 0).map(|x| x.0),
+        recipients: json_u64_after(body, b"\"recipients\":", 0).map(|x| x.0),
+        consumed: end,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +452,55 @@ mod tests {
             parse_response(refused, &key),
             Response::Failed("http 503".into())
         );
+    }
+
+    #[test]
+    fn push_stamp_and_frames() {
+        let p = Probe {
+            id: 3,
+            seq: 77,
+            ts: now_ns(),
+        };
+        let mut body = template(40);
+        p.write_stamp(&mut body);
+        let body = std::str::from_utf8(&body).unwrap();
+        let frame = format!("{{\"channel\":\"bench\",\"seq\":1234,\"data\":\"{body}\"}}");
+        let chan = b"\"channel\":\"bench\"";
+        match parse_push(frame.as_bytes(), chan) {
+            PushFrame::Push(q, seq) => {
+                assert_eq!(seq, 1234);
+                assert_eq!((q.id, q.seq, q.ts), (p.id, p.seq, p.ts & TS_MASK));
+            }
+            other => panic!("{other:?}"),
+        }
+        let spaced = format!("{{ \"data\":\"{body}\", \"channel\":\"bench\", \"seq\": 9 }}");
+        assert!(matches!(
+            parse_push(spaced.as_bytes(), chan),
+            PushFrame::Push(_, 9)
+        ));
+        let other = format!("{{\"channel\":\"bench2\",\"seq\":1,\"data\":\"{body}\"}}");
+        assert_eq!(parse_push(other.as_bytes(), chan), PushFrame::Other);
+        let welcome = br#"{"op":"welcome","connection":"1","user":null,"channels":["bench"]}"#;
+        assert_eq!(parse_push(welcome, chan), PushFrame::Welcome);
+    }
+
+    #[test]
+    fn http_reply_parsing() {
+        let body = "{\"channel\":\"bench\",\"seq\":5,\"recipients\":50}\n";
+        let r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}HTTP/1.1",
+            body.len()
+        );
+        let n = r.len() - "HTTP/1.1".len();
+        assert_eq!(
+            parse_http_reply(r.as_bytes()),
+            HttpReply::Done {
+                status: 200,
+                seq: Some(5),
+                recipients: Some(50),
+                consumed: n
+            }
+        );
+        assert_eq!(parse_http_reply(&r.as_bytes()[..n - 3]), HttpReply::Partial);
     }
 }
