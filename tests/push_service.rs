@@ -479,7 +479,8 @@ fn separate_api_listener() {
         l.local_addr().unwrap().port()
     };
     let api_addr: SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
-    let d = Daemon::start(&["--workers", "2", "--api-listen", &api_addr.to_string()]);
+    // One worker: the API listener's own worker thread must still wake it.
+    let d = Daemon::start(&["--workers", "1", "--api-listen", &api_addr.to_string()]);
     let (mut ws, _) = connect(&d, "?channel=c");
     assert_eq!(
         http(d.addr, "POST", "/publish/c", "", b"1").0,

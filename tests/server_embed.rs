@@ -194,3 +194,62 @@ fn one_worker_on_a_thread_the_embedder_owns() {
     while c.read().is_ok() {}
     t.join().unwrap().unwrap();
 }
+
+/// Publishes "left" from `on_close`: a command the worker posts to itself
+/// while it reaps, which must still go out in that turn.
+struct Leaver;
+
+impl Handler for Leaver {
+    type Conn = ();
+    fn on_upgrade(
+        &mut self,
+        _: &Request<'_>,
+        _: &ConnInfo<'_>,
+        _: &mut Context<'_>,
+    ) -> Result<(), Response> {
+        Ok(())
+    }
+    fn on_open(&mut self, _: &mut (), ctx: &mut Context<'_>) {
+        ctx.subscribe("room");
+        ctx.send_text("hi");
+    }
+    fn on_close(&mut self, _: &mut (), _: CloseReason, ctx: &mut Context<'_>) {
+        ctx.publish("room", Frame::text("left"));
+    }
+}
+
+#[test]
+fn publications_from_on_close_are_delivered_on_the_same_worker() {
+    let server = Server::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .workers(1)
+        // Nothing else may wake the worker: no heartbeats.
+        .with(|c| {
+            c.ping_interval = None;
+            c.idle_timeout = None;
+        })
+        .build(|_, _| Leaver)
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let runner = thread::spawn(move || server.run());
+    let connect = || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), s).unwrap();
+        assert_eq!(ws.read().unwrap(), TMsg::Text("hi".into()));
+        ws
+    };
+    let mut stays = connect();
+    let mut goes = connect();
+    goes.close(None).unwrap();
+    while goes.read().is_ok() {}
+    drop(goes);
+    assert_eq!(
+        stays.read().expect("the 'left' publication"),
+        TMsg::Text("left".into())
+    );
+    handle.shutdown();
+    while stays.read().is_ok() {}
+    runner.join().unwrap().unwrap();
+}

@@ -253,3 +253,90 @@ fn bytes_after_the_request_are_the_first_frame() {
     }
     assert!(buf.starts_with(b"HTTP/1.1 101"));
 }
+
+#[test]
+fn more_than_a_read_buffer_of_frames_right_after_the_request() {
+    // The request and 150 KB of frames in one send: the read that completes
+    // the upgrade fills the buffer, and the rest must still be read.
+    let d = Daemon::start(&["--workers", "1"]);
+    let mut bytes = upgrade_request("/echo", "").into_bytes();
+    for _ in 0..1500 {
+        wspush::protocol::encode::masked_frame_into(
+            &mut bytes,
+            true,
+            OpCode::Binary,
+            &[7u8; 100],
+            [1, 2, 3, 4],
+        );
+    }
+    wspush::protocol::encode::masked_frame_into(
+        &mut bytes,
+        true,
+        OpCode::Text,
+        b"END",
+        [1, 2, 3, 4],
+    );
+    let mut c = RawWs::connect_raw(d.addr, &bytes);
+    let mut echoed = 0;
+    loop {
+        match c.next() {
+            Some((OpCode::Binary, p)) => {
+                assert_eq!(p, vec![7u8; 100]);
+                echoed += 1;
+            }
+            Some((OpCode::Text, p)) => {
+                assert_eq!(p, b"END");
+                break;
+            }
+            other => panic!("unexpected {other:?} after {echoed} echoes"),
+        }
+    }
+    assert_eq!(echoed, 1500);
+}
+
+#[test]
+fn a_sender_that_never_reads_is_cut_off_at_the_buffer_limit() {
+    // Echo replies the client triggers itself count against --max-buffered.
+    let d = Daemon::start(&["--workers", "1", "--max-buffered", "65536"]);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&d.addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut c = RawWs::from_stream(stream, "/echo");
+    let mut frame = Vec::new();
+    wspush::protocol::encode::masked_frame_into(
+        &mut frame,
+        true,
+        OpCode::Binary,
+        &[1u8; 1000],
+        [5, 6, 7, 8],
+    );
+    // 20 MB of echo requests; nothing is read meanwhile. (Once the server
+    // has given up on the connection it discards input, so writes may go on
+    // succeeding until it closes.)
+    for _ in 0..20_000 {
+        if std::io::Write::write_all(&mut c.stream, &frame).is_err() {
+            break;
+        }
+    }
+    // Now read: a prefix of the echoes, then close 1008, then EOF.
+    let mut echoes = 0;
+    let code = loop {
+        match c.next() {
+            Some((OpCode::Binary, _)) => echoes += 1,
+            Some((OpCode::Close, p)) => break Some(u16::from_be_bytes([p[0], p[1]])),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => break None,
+        }
+    };
+    assert!(
+        echoes < 20_000,
+        "all {echoes} echoes were kept for a client that did not read"
+    );
+    assert!(
+        code == Some(1008) || code.is_none(),
+        "closed as a slow consumer, got {code:?}"
+    );
+    assert!(d.logged("slow consumer"), "cut off as a slow consumer");
+}

@@ -122,7 +122,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("bad duration {s:?}"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Longer than a year is a typo, and would overflow deadlines.
+    if secs > 365.0 * 86400.0 {
+        return Err(format!("duration {s:?} is longer than a year"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 impl Args {

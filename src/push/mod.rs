@@ -188,6 +188,11 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A plain-text error response: the reason on one line.
+pub fn text_error(status: u16, message: &str) -> Response {
+    Response::text(status, format!("{message}\n"))
+}
+
 /// A JSON error response: `{"error":"...","status":N}`.
 pub fn json_error(status: u16, message: &str) -> Response {
     Response::json(
@@ -262,7 +267,7 @@ impl PushService {
             Ok(claims) => Ok(Some(claims)),
             Err(e) => {
                 log::debug!("upgrade refused: token: {}", e.message());
-                Err(json_error(401, e.message()).header("WWW-Authenticate", "Bearer"))
+                Err(text_error(401, e.message()).header("WWW-Authenticate", "Bearer"))
             }
         }
     }
@@ -397,7 +402,7 @@ impl Handler for PushService {
     ) -> Result<Session, Response> {
         let kind = match ws_kind(req.path) {
             Some(k) if !self.api_only => k,
-            _ => return Err(json_error(404, "no WebSocket endpoint here")),
+            _ => return Err(text_error(404, "no WebSocket endpoint here")),
         };
         let claims = self.authenticate(req)?;
         let mut initial = Vec::new();
@@ -408,17 +413,17 @@ impl Handler for PushService {
                 }
                 let ch = percent_decode(v).unwrap_or_default();
                 if !valid_name(&ch) {
-                    return Err(json_error(400, "channel names are [A-Za-z0-9_.:@-]{1,128}"));
+                    return Err(text_error(400, "channel names are [A-Za-z0-9_.:@-]{1,128}"));
                 }
                 if claims.as_ref().is_some_and(|c| !c.allows(&ch)) {
-                    return Err(json_error(403, "the token does not allow this channel"));
+                    return Err(text_error(403, "the token does not allow this channel"));
                 }
                 if !initial.contains(&ch) {
                     initial.push(ch);
                 }
             }
             if initial.len() > self.shared.cfg.max_channels_per_conn {
-                return Err(json_error(400, "too many channels"));
+                return Err(text_error(400, "too many channels"));
             }
         }
         let user = claims
@@ -462,12 +467,17 @@ impl Handler for PushService {
             )
             .header("Upgrade", "websocket")
             .header("Sec-WebSocket-Version", "13"),
-            _ => json_error(404, "not found"),
+            _ => Response::not_found(),
         }
     }
 
     fn on_refuse(&mut self, err: HttpError) -> Response {
-        let mut r = json_error(err.status(), err.reason());
+        // A body over --max-publish-size can only be an API call: answer in
+        // the API's JSON. Every other refusal is a one-line plain-text reason.
+        let mut r = match err {
+            HttpError::BodyTooLarge => json_error(err.status(), err.reason()),
+            _ => text_error(err.status(), err.reason()),
+        };
         r.headers.push_str(err.extra_headers());
         r
     }

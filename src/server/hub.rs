@@ -147,13 +147,15 @@ pub(crate) struct WorkerPart {
 pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX - 1);
 
 thread_local! {
-    /// The worker index of the current thread, if it runs a worker loop.
-    static CURRENT_WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The hub (by address) and worker index of the current thread, if it
+    /// runs a worker loop. Both count: an embedder may run several servers.
+    static CURRENT_WORKER: Cell<(usize, usize)> = const { Cell::new((0, usize::MAX)) };
 }
 
-/// Mark the current thread as running worker `index` (its own posts need no wake).
-pub(crate) fn set_current_worker(index: usize) {
-    CURRENT_WORKER.with(|c| c.set(index));
+/// Mark the current thread as running worker `index` of `hub` (its own
+/// posts need no wake: it drains its channel before it sleeps).
+pub(crate) fn set_current_worker(hub: &Hub, index: usize) {
+    CURRENT_WORKER.with(|c| c.set((hub as *const Hub as usize, index)));
 }
 
 /// Per-topic state kept by the hub: the publication sequence and how many
@@ -172,6 +174,10 @@ struct TopicState {
 struct Ordered {
     topics: HashMap<Arc<str>, TopicState>,
     subscriptions: u64,
+    /// Topics with at least one subscriber.
+    active: u64,
+    /// Size at which the next sweep of subscriber-less topics happens.
+    sweep_at: usize,
 }
 
 /// When the hub knows this many topics, it forgets those without
@@ -184,9 +190,11 @@ impl Ordered {
     /// The state of `topic`, created if new.
     fn entry(&mut self, topic: &str, workers: usize) -> &mut TopicState {
         if !self.topics.contains_key(topic) {
-            if self.topics.len() >= TOPIC_SWEEP_AT {
+            if self.topics.len() >= self.sweep_at.max(TOPIC_SWEEP_AT) {
                 let before = self.topics.len();
                 self.topics.retain(|_, s| s.total > 0);
+                // Amortised: the next sweep waits until the map has doubled.
+                self.sweep_at = (2 * self.topics.len()).max(TOPIC_SWEEP_AT);
                 log::warn!(
                     "hub: {before} topics known; forgot {} without subscribers",
                     before - self.topics.len()
@@ -265,19 +273,40 @@ impl Hub {
 
     /// Hand a command to one worker, waking it unless it is awake already.
     pub fn post(&self, worker: usize, cmd: Command) -> bool {
+        let (sent, wake) = self.enqueue(worker, cmd);
+        if wake {
+            self.wake(worker);
+        }
+        sent
+    }
+
+    /// Queue a command; returns (sent, the worker must be woken). Waking is
+    /// a syscall: callers holding the order lock do it after releasing it.
+    fn enqueue(&self, worker: usize, cmd: Command) -> (bool, bool) {
         let Some(link) = self.links.get(worker) else {
-            return false;
+            return (false, false);
         };
         if link.tx.send(cmd).is_err() {
-            return false;
+            return (false, false);
         }
-        let own = CURRENT_WORKER.with(|c| c.get()) == worker;
-        if !own && !link.notified.swap(true, Ordering::AcqRel) {
+        let own = CURRENT_WORKER.with(|c| c.get()) == (self as *const Hub as usize, worker);
+        (true, !own && !link.notified.swap(true, Ordering::SeqCst))
+    }
+
+    fn wake(&self, worker: usize) {
+        if let Some(link) = self.links.get(worker) {
             if let Err(e) = link.waker.wake() {
                 log::error!("waking worker {worker}: {e}");
             }
         }
-        true
+    }
+
+    fn wake_all(&self, wakes: &[bool]) {
+        for (w, &wake) in wakes.iter().enumerate() {
+            if wake {
+                self.wake(w);
+            }
+        }
     }
 
     /// Called by worker `index` before it drains its channel.
@@ -293,30 +322,41 @@ impl Hub {
 
     /// Hand a command to every worker, in the one global order.
     pub fn post_all(&self, make: impl Fn() -> Command) {
-        let _order = self.ordered();
-        for w in 0..self.links.len() {
-            self.post(w, make());
+        let mut wakes = [false; MAX_WORKERS];
+        {
+            let _order = self.ordered();
+            for (w, wake) in wakes.iter_mut().enumerate().take(self.links.len()) {
+                *wake = self.enqueue(w, make()).1;
+            }
         }
+        self.wake_all(&wakes[..self.links.len()]);
     }
 
     /// Publish to a topic: assign its next sequence number, build the frame
     /// for it, and hand it to the workers that have subscribers.
     pub fn publish(&self, topic: &str, make: impl FnOnce(u64) -> Frame) -> Published {
-        let mut ord = self.ordered();
-        let state = ord.entry(topic, self.links.len());
-        state.seq += 1;
-        let published = Published {
-            seq: state.seq,
-            recipients: state.total,
-        };
-        if state.total > 0 {
-            let frame = make(state.seq);
-            for (w, &count) in state.per_worker.iter().enumerate() {
-                if count > 0 {
-                    self.post(w, Command::Publish(state.name.clone(), frame.clone()));
+        let mut wakes = [false; MAX_WORKERS];
+        let published = {
+            let mut ord = self.ordered();
+            let state = ord.entry(topic, self.links.len());
+            state.seq += 1;
+            let published = Published {
+                seq: state.seq,
+                recipients: state.total,
+            };
+            if state.total > 0 {
+                let frame = make(state.seq);
+                for (w, &count) in state.per_worker.iter().enumerate() {
+                    if count > 0 {
+                        wakes[w] = self
+                            .enqueue(w, Command::Publish(state.name.clone(), frame.clone()))
+                            .1;
+                    }
                 }
             }
-        }
+            published
+        };
+        self.wake_all(&wakes[..self.links.len()]);
         published
     }
 
@@ -329,6 +369,7 @@ impl Hub {
             ord.subscriptions = ord.subscriptions.saturating_sub(1);
         }
         let state = ord.entry(topic, self.links.len());
+        let before = state.total;
         if let Some(c) = state.per_worker.get_mut(worker) {
             if delta > 0 {
                 *c += 1;
@@ -338,7 +379,13 @@ impl Hub {
                 state.total -= 1;
             }
         }
-        if state.total == 0 && state.seq == 0 {
+        let (after, seq) = (state.total, state.seq);
+        match (before, after) {
+            (0, a) if a > 0 => ord.active += 1,
+            (b, 0) if b > 0 => ord.active -= 1,
+            _ => {}
+        }
+        if after == 0 && seq == 0 {
             // Never published: nothing to remember (subscription churn must not grow the map).
             ord.topics.remove(topic);
         }
@@ -356,10 +403,7 @@ impl Hub {
     /// Topics with at least one subscriber, and all subscriptions.
     pub fn topic_totals(&self) -> (u64, u64) {
         let ord = self.ordered();
-        (
-            ord.topics.values().filter(|s| s.total > 0).count() as u64,
-            ord.subscriptions,
-        )
+        (ord.active, ord.subscriptions)
     }
 }
 

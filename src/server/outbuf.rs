@@ -69,6 +69,9 @@ impl BufPool {
     }
 }
 
+/// An owned chunk takes appended replies until it holds this much.
+const OWNED_CHUNK: usize = 64 << 10;
+
 /// Most chunks gathered into one `writev`.
 const MAX_IOV: usize = 64;
 
@@ -133,7 +136,9 @@ impl OutQueue {
     /// (starting one from the pool if the tail is shared or absent).
     pub fn push_owned(&mut self, pool: &mut BufPool, fill: impl FnOnce(&mut Vec<u8>)) {
         let q = self.q.get_or_insert_with(|| pool.take_queue());
-        if !matches!(q.chunks.back(), Some(Chunk::Owned(_))) {
+        // A new owned chunk once the tail one holds 64 KiB: only the front
+        // chunk escapes the backlog limit, so it must not grow without end.
+        if !matches!(q.chunks.back(), Some(Chunk::Owned(v)) if v.len() < OWNED_CHUNK) {
             q.chunks.push_back(Chunk::Owned(pool.take()));
         }
         if let Some(Chunk::Owned(v)) = q.chunks.back_mut() {

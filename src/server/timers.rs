@@ -99,7 +99,7 @@ impl Timers {
         ]
         .into_iter()
         .flatten()
-        .map(|s| Duration::from_millis(s.at.wrapping_sub(now).min(i32::MAX as u32) as i32 as u64))
+        .map(|s| Duration::from_millis((s.at.wrapping_sub(now) as i32).max(0) as u64))
         .min()
     }
 
@@ -176,5 +176,18 @@ mod tests {
     #[test]
     fn entries_are_small() {
         assert_eq!(std::mem::size_of::<Slot>(), 12);
+    }
+}
+
+#[cfg(test)]
+mod overdue {
+    use super::*;
+
+    #[test]
+    fn an_overdue_deadline_means_no_sleep() {
+        let mut t = Timers::default();
+        t.add(TimerKind::Heartbeat, 1000, 1, 0);
+        assert_eq!(t.next_timeout(1001), Some(Duration::ZERO));
+        assert_eq!(t.next_timeout(999), Some(Duration::from_millis(1)));
     }
 }

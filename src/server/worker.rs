@@ -104,7 +104,7 @@ impl<H: Handler> Worker<H> {
             rx,
             stats,
         } = part;
-        hub::set_current_worker(index);
+        hub::set_current_worker(handle.hub(), index);
         let registry = poll.registry().try_clone()?;
         let core = Core::new(index, cfg.clone(), handle, registry);
         let mut lp = Loop {
@@ -277,8 +277,8 @@ impl Core {
                 ConnId::new(self.index, key, generation)
             );
             c.close_reason.get_or_insert(CloseReason::IdleTimeout);
-            c.phase = Phase::Lingering;
-            c.flags |= CLOSE_AFTER_FLUSH | CLOSE_DONE;
+            c.flags |= CLOSE_DONE;
+            self.linger(key);
             self.queue_raw(key, |v| {
                 encode::close_into(v, Some(close::GOING_AWAY), "idle timeout")
             });
@@ -361,8 +361,22 @@ impl Core {
 
     /// Queue bytes whatever the phase (close frames, HTTP answers).
     fn queue_raw(&mut self, key: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        let max = self.cfg.max_buffered;
         if let Some(c) = self.conns.get_mut(key) {
             c.out.push_owned(&mut self.pool, fill);
+            // Replies the peer triggers itself (pongs, control answers) count
+            // against the limit too: a peer that sends but never reads is a
+            // slow consumer like any other.
+            if matches!(c.phase, Phase::Open | Phase::Closing) && c.out.backlog() > max {
+                let mut q = Queues {
+                    dirty: &mut self.dirty,
+                    pool: &mut self.pool,
+                    stats: &mut self.stats,
+                    max_buffered: max,
+                };
+                after_push(c, key, &mut q);
+                return;
+            }
         }
         self.mark_dirty(key);
     }
@@ -459,11 +473,13 @@ impl Core {
             return;
         };
         c.close_reason.get_or_insert(CloseReason::Protocol(e));
-        c.phase = Phase::Lingering;
-        c.flags |= CLOSE_AFTER_FLUSH;
-        self.queue_raw(key, |v| {
-            encode::close_into(v, Some(e.close_code()), e.reason())
-        });
+        let close_sent = c.phase == Phase::Closing;
+        self.linger(key);
+        if !close_sent {
+            self.queue_raw(key, |v| {
+                encode::close_into(v, Some(e.close_code()), e.reason())
+            });
+        }
     }
 
     /// Mark the connection for removal at the end of the turn.
@@ -490,11 +506,21 @@ impl Core {
         }
     }
 
+    /// Our last bytes are (or are about to be) queued: flush them, shut
+    /// down our side and drop the connection when the peer closes, or at
+    /// the close timeout whatever happens (a peer that stops reading cannot
+    /// hold the connection and its queue).
     fn linger(&mut self, key: usize) {
+        let at = self.after(self.cfg.close_timeout);
         if let Some(c) = self.conns.get_mut(key) {
+            if c.phase == Phase::Lingering || c.phase == Phase::Dead {
+                return;
+            }
             c.phase = Phase::Lingering;
             c.flags |= CLOSE_AFTER_FLUSH;
             c.http = None;
+            let generation = c.generation;
+            self.timers.add(TimerKind::Closing, at, key, generation);
         }
     }
 
@@ -556,12 +582,9 @@ impl Core {
                     return self.kill(key, None);
                 }
                 if c.has(CLOSE_AFTER_FLUSH) {
+                    // The close deadline was set when it began to linger.
                     c.flags &= !CLOSE_AFTER_FLUSH;
                     let _ = c.stream.shutdown(Shutdown::Write);
-                    c.phase = Phase::Lingering;
-                    let generation = c.generation;
-                    self.timers
-                        .add(TimerKind::Closing, close_at, key, generation);
                 }
                 if self.conns.get(key).is_some_and(|c| c.has(WRITE_INTEREST)) {
                     self.set_interest(key, false);
@@ -610,11 +633,14 @@ impl Core {
         }
         match (e.kind, c.phase) {
             (TimerKind::Handshake, Phase::Http) => {
-                if c.http
-                    .as_ref()
-                    .is_some_and(|h| (h.deadline.wrapping_sub(self.ms) as i32) > 0)
-                {
-                    return; // a later request on this keep-alive connection; a newer entry exists
+                if let Some(h) = c.http.as_ref() {
+                    if (h.deadline.wrapping_sub(self.ms) as i32) > 0 {
+                        // A later request on this keep-alive connection moved
+                        // the deadline: wait for it.
+                        let (at, generation) = (h.deadline, c.generation);
+                        self.timers.add(TimerKind::Handshake, at, key, generation);
+                        return;
+                    }
                 }
                 log::debug!("conn {}: handshake timeout", self.id_of(key));
                 self.stats.closed_handshake_timeout_total += 1;
@@ -684,10 +710,14 @@ impl<H: Handler> App<H> {
     /// plain requests (keep-alive), or the upgrade.
     fn serve_http(&mut self, core: &mut Core, key: usize, mut hs: Box<HttpState>) {
         let cfg = core.cfg.clone();
+        // Start of the current request in `hs.buf` (pipelined requests are
+        // served in place; the buffer is compacted once at the end).
+        let mut off = 0;
         loop {
-            let (req, consumed) = match hs.parser.parse(&cfg.http, &hs.buf) {
+            let (req, consumed) = match hs.parser.parse(&cfg.http, &hs.buf[off..]) {
                 Ok(Some(done)) => done,
                 Ok(None) => {
+                    hs.buf.drain(..off);
                     if let Some(c) = core.conns.get_mut(key) {
                         c.http = Some(hs);
                     }
@@ -712,12 +742,15 @@ impl<H: Handler> App<H> {
                 if !keep {
                     return;
                 }
-                hs.buf.drain(..consumed);
+                if core.buffered(key) > cfg.max_buffered {
+                    // Pipelined requests whose answers are not being read.
+                    log::debug!("conn {id}: pipelined answers over the buffer limit, closing");
+                    return core.linger(key);
+                }
+                off += consumed;
                 hs.parser.reset();
+                // The deadline moves; the timer entry re-arms itself when it fires.
                 hs.deadline = core.after(cfg.handshake_timeout);
-                let generation = core.conns.get(key).map(|c| c.generation).unwrap_or(0);
-                core.timers
-                    .add(TimerKind::Handshake, hs.deadline, key, generation);
                 continue;
             }
             let acc = match handshake::validate(&req, &cfg.handshake) {
@@ -761,9 +794,9 @@ impl<H: Handler> App<H> {
                 *self.state_slot(key) = Some(st);
             }
             // A first frame may have come in the same packet as the request.
-            if consumed < hs.buf.len() {
+            if off + consumed < hs.buf.len() {
                 let mut rest = mem::take(&mut hs.buf);
-                self.process_ws(core, key, &mut rest[consumed..]);
+                self.process_ws(core, key, &mut rest[off + consumed..]);
             }
             return;
         }
@@ -817,9 +850,9 @@ impl<H: Handler> App<H> {
                         }
                     }
                     if let Some(c) = core.conns.get_mut(key) {
-                        c.phase = Phase::Lingering;
-                        c.flags |= CLOSE_AFTER_FLUSH | CLOSE_DONE;
+                        c.flags |= CLOSE_DONE;
                     }
+                    core.linger(key);
                     core.mark_dirty(key);
                     break;
                 }
@@ -905,10 +938,15 @@ impl<H: Handler> Loop<H> {
                 self.core.expire(e);
             }
 
+            // Flush, reap, and take the commands this worker posted to itself
+            // meanwhile (e.g. from `on_close`): its own posts do not wake it.
             loop {
                 self.core.flush_dirty();
                 self.reap();
-                if self.core.dirty.is_empty() {
+                while let Ok(cmd) = rx.try_recv() {
+                    self.command(cmd);
+                }
+                if self.core.dirty.is_empty() && self.core.dead.is_empty() {
                     break;
                 }
             }
@@ -1080,6 +1118,12 @@ impl<H: Handler> Loop<H> {
                     if n < readbuf.len() {
                         return;
                     }
+                    if core.conns.get(key).is_some_and(|c| c.phase != Phase::Http) {
+                        // Upgraded (or done) with more bytes in the socket: the
+                        // edge is consumed, so read on next turn in the new phase.
+                        pending_reads.push(key);
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1173,7 +1217,11 @@ impl<H: Handler> Loop<H> {
             return;
         }
         self.core.draining = true;
-        self.drain_deadline = Some(self.core.now + self.core.cfg.drain_timeout);
+        let now = self.core.now;
+        self.drain_deadline = Some(
+            now.checked_add(self.core.cfg.drain_timeout)
+                .unwrap_or_else(|| now + Duration::from_secs(365 * 86400)),
+        );
         if let Some(mut l) = self.listener.take() {
             let _ = self.core.registry.deregister(&mut l);
         }

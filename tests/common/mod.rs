@@ -179,11 +179,26 @@ pub struct RawWs {
 
 impl RawWs {
     pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        Self::connect_raw(addr, upgrade_request(path, "").as_bytes())
+    }
+
+    /// Upgrade over an already connected stream.
+    pub fn from_stream(mut stream: TcpStream, path: &str) -> RawWs {
         stream
             .write_all(upgrade_request(path, "").as_bytes())
             .unwrap();
+        Self::finish(stream)
+    }
+
+    /// Send `bytes` (an upgrade request, possibly followed by frames) and read the 101.
+    pub fn connect_raw(addr: SocketAddr, bytes: &[u8]) -> RawWs {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.write_all(bytes).unwrap();
+        Self::finish(stream)
+    }
+
+    fn finish(mut stream: TcpStream) -> RawWs {
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
