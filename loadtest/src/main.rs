@@ -268,6 +268,9 @@ fn run_local(a: &Args, cfg: Config) -> Results {
     sh.subs.store(sh.open.load(SeqCst).max(0) as u64, SeqCst);
     let cpu0 = stats::self_cpu_s();
     let scpu0 = server.and_then(stats::proc_cpu_s);
+    let me = std::process::id();
+    let wait0 = stats::proc_runq_wait_s(me).unwrap_or(0.0);
+    let swait0 = server.and_then(stats::proc_runq_wait_s);
     let go = now_ns();
     sh.go_ns.store(go, SeqCst);
     let what = if cfg.mode == Mode::Connect {
@@ -317,6 +320,8 @@ fn run_local(a: &Args, cfg: Config) -> Results {
     let drained = now_ns();
     let cpu1 = stats::self_cpu_s();
     let scpu1 = server.and_then(stats::proc_cpu_s);
+    let wait1 = stats::proc_runq_wait_s(me).unwrap_or(0.0);
+    let swait1 = server.and_then(stats::proc_runq_wait_s);
     if child {
         child_say("DRAINED");
         child_wait("CLOSE");
@@ -332,8 +337,12 @@ fn run_local(a: &Args, cfg: Config) -> Results {
     r.measured_s = (drained - go) as f64 / 1e9;
     r.cpu_s = cpu1 - cpu0;
     r.cpu_total_s = stats::self_cpu_s() - cpu_start;
+    r.wait_s = wait1 - wait0;
     if let (Some(a0), Some(a1)) = (scpu0, scpu1) {
         r.server_cpu_s = Some(a1 - a0);
+    }
+    if let (Some(a0), Some(a1)) = (swait0, swait1) {
+        r.server_wait_s = Some(a1 - a0);
     }
     r.server_rss_before_kb = rss_before;
     r.server_rss_after_kb = rss_after;
@@ -443,6 +452,8 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
     let mut last_print = (now_ns(), 0u64);
     let mut scpu0 = None;
     let mut scpu1 = None;
+    let mut swait0 = None;
+    let mut swait1 = None;
     let mut rss_after = None;
     let mut go_ns = 0;
     let mut drained_ns = 0;
@@ -465,6 +476,7 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
                                 rss_after = a.server_pid.and_then(stats::proc_rss_kb);
                             }
                             scpu0 = a.server_pid.and_then(stats::proc_cpu_s);
+                            swait0 = a.server_pid.and_then(stats::proc_runq_wait_s);
                             go_ns = now_ns();
                             say_all(&mut stdins, "GO");
                         }
@@ -481,6 +493,7 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
                         if drained == k {
                             drained_ns = now_ns();
                             scpu1 = a.server_pid.and_then(stats::proc_cpu_s);
+                            swait1 = a.server_pid.and_then(stats::proc_runq_wait_s);
                             say_all(&mut stdins, "CLOSE");
                         }
                     }
@@ -544,6 +557,9 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
     };
     if let (Some(a0), Some(a1)) = (scpu0, scpu1) {
         r.server_cpu_s = Some(a1 - a0);
+    }
+    if let (Some(a0), Some(a1)) = (swait0, swait1) {
+        r.server_wait_s = Some(a1 - a0);
     }
     r.server_rss_before_kb = rss_before;
     r.server_rss_after_kb = rss_after;

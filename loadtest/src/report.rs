@@ -218,6 +218,12 @@ pub fn summarize(a: &Args, cfg: &Config, r: &mut Results) -> Summary {
             json!(round(r.cpu_s / r.measured_s, 3)),
         );
     }
+    // Time spent runnable but waiting for a core: on a shared machine, the
+    // part of the latency that neither side's work explains.
+    o.insert("client_runq_wait_s".into(), json!(round(r.wait_s, 3)));
+    if let Some(w) = r.server_wait_s {
+        o.insert("server_runq_wait_s".into(), json!(round(w, 3)));
+    }
     if let Some(s) = r.server_cpu_s {
         o.insert("server_cpu_s".into(), json!(round(s, 3)));
         if r.measured_s > 0.0 {

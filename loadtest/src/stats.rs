@@ -69,6 +69,10 @@ pub struct Results {
     pub cpu_total_s: f64,
     /// Server readings (only in the process that has `--server-pid`).
     pub server_cpu_s: Option<f64>,
+    /// Run-queue wait (waiting for a core) of the server and of this
+    /// process over the measured phase, seconds.
+    pub server_wait_s: Option<f64>,
+    pub wait_s: f64,
     pub server_rss_before_kb: Option<u64>,
     pub server_rss_after_kb: Option<u64>,
 }
@@ -101,6 +105,8 @@ impl Default for Results {
             cpu_s: 0.0,
             cpu_total_s: 0.0,
             server_cpu_s: None,
+            server_wait_s: None,
+            wait_s: 0.0,
             server_rss_before_kb: None,
             server_rss_after_kb: None,
         }
@@ -165,6 +171,7 @@ impl Results {
         self.measured_s = self.measured_s.max(o.measured_s);
         self.cpu_s += o.cpu_s;
         self.cpu_total_s += o.cpu_total_s;
+        self.wait_s += o.wait_s;
     }
 
     /// The raw counts, for a parent process to merge.
@@ -181,7 +188,7 @@ impl Results {
             "handshake": hist_to_json(&self.handshake),
             "first_connect_ns": self.first_connect_ns, "last_handshake_ns": self.last_handshake_ns,
             "window_s": self.window_s, "measured_s": self.measured_s,
-            "cpu_s": self.cpu_s, "cpu_total_s": self.cpu_total_s,
+            "cpu_s": self.cpu_s, "cpu_total_s": self.cpu_total_s, "wait_s": self.wait_s,
         })
     }
 
@@ -219,7 +226,9 @@ impl Results {
             measured_s: f("measured_s"),
             cpu_s: f("cpu_s"),
             cpu_total_s: f("cpu_total_s"),
+            wait_s: f("wait_s"),
             server_cpu_s: None,
+            server_wait_s: None,
             server_rss_before_kb: None,
             server_rss_after_kb: None,
         }
@@ -246,6 +255,24 @@ pub fn proc_cpu_s(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Some((ut + st) / hz)
+}
+
+/// Seconds the threads of process `pid` spent waiting on a run queue for a
+/// core (second field of /proc/PID/task/*/schedstat), summed over threads.
+pub fn proc_runq_wait_s(pid: u32) -> Option<f64> {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(t) = t else { continue };
+        let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
+        ns += s
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(ns as f64 / 1e9)
 }
 
 /// Resident set size of process `pid` in KiB, from /proc/PID/status.
