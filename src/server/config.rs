@@ -44,7 +44,8 @@ pub struct Config {
     pub reuse_port: bool,
     /// Listen backlog. Default 4096.
     pub backlog: i32,
-    /// Size of each worker's read buffer. Default 64 KiB.
+    /// Size of each worker's read buffer (one per worker, not per
+    /// connection). Default 256 KiB, so 64 KiB frames arrive whole.
     pub read_buffer: usize,
 }
 
@@ -65,7 +66,7 @@ impl Default for Config {
             http: HttpLimits::default(),
             reuse_port: true,
             backlog: 4096,
-            read_buffer: 64 << 10,
+            read_buffer: 256 << 10,
         }
     }
 }

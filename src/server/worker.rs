@@ -194,7 +194,7 @@ struct Queues<'a> {
 /// is a slow consumer (a healthy client may get a large burst in one turn).
 #[inline]
 fn after_push(c: &mut Conn, key: usize, q: &mut Queues<'_>) {
-    if c.out.backlog() > q.max_buffered {
+    if c.out.len() > q.max_buffered && c.out.backlog() > q.max_buffered {
         if let Ok((n, _)) = c.out.write_to(&mut c.stream, q.pool) {
             q.stats.bytes_out_total += n as u64;
         }
