@@ -26,9 +26,11 @@ pub struct Args {
     /// [default: number of CPUs].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Most simultaneous connections; beyond it new ones get HTTP 503.
-    #[arg(long, default_value_t = 100_000)]
-    pub max_connections: usize,
+    /// Most simultaneous connections; beyond it new ones get HTTP 503
+    /// [default: 100000, lowered to fit the open-files limit (RLIMIT_NOFILE)
+    /// so that the 503 can still be sent].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Largest message (and frame) a client may send, in bytes; larger
     /// messages are answered with close code 1009.
     #[arg(long, default_value_t = 16 << 20)]
@@ -104,6 +106,62 @@ pub enum Command {
     },
 }
 
+/// `25s`, or `off` for a disabled interval.
+fn off_or(d: Option<Duration>) -> String {
+    d.map_or_else(|| "off".to_string(), |d| format!("{d:?}"))
+}
+
+/// Raise the soft open-files limit to the hard one: a push server's
+/// connections are its file descriptors.
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                log::warn!(
+                    "could not raise the open-files limit: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+/// 100,000, or what the open-files limit leaves after the server's own
+/// descriptors (per worker: listener, poll, waker; plus a reserve for the
+/// refusals, the API listener and the standard streams).
+pub fn default_max_connections(workers: usize) -> usize {
+    let workers = if workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        workers
+    };
+    // SAFETY: getrlimit writes into a local struct.
+    let soft = unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur
+        } else {
+            libc::RLIM_INFINITY
+        }
+    };
+    let reserve = 64 + 4 * workers as u64;
+    if soft == libc::RLIM_INFINITY {
+        return 100_000;
+    }
+    (soft.saturating_sub(reserve) as usize).clamp(1, 100_000)
+}
+
 /// Parse `10s`, `500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -135,7 +193,9 @@ impl Args {
         Config {
             listen: self.listen,
             workers: self.workers.unwrap_or(0),
-            max_connections: self.max_connections,
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(self.workers.unwrap_or(0))),
             max_message_size: self.max_message_size,
             max_buffered: self.max_buffered,
             handshake_timeout: self.handshake_timeout,
@@ -224,6 +284,7 @@ pub fn run(args: Args) -> io::Result<()> {
         );
         return Ok(());
     }
+    raise_open_files_limit();
     let cfg = args.config();
     let shared = Shared::new(args.push_config());
     let s2 = shared.clone();
@@ -252,15 +313,15 @@ pub fn run(args: Args) -> io::Result<()> {
     // Signals must be blocked before the worker threads exist.
     watch_signals(handles)?;
     log::info!(
-        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {:?}, idle-timeout {:?}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}",
+        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}",
         server.local_addr(),
         main_handle.workers(),
         cfg.max_connections,
         cfg.max_message_size,
         cfg.max_buffered,
         cfg.handshake_timeout,
-        cfg.ping_interval,
-        cfg.idle_timeout,
+        off_or(cfg.ping_interval),
+        off_or(cfg.idle_timeout),
         cfg.drain_timeout,
         cfg.handshake.protocols,
         if cfg.handshake.origins.is_empty() { "any".to_string() } else { cfg.handshake.origins.join(",") },
