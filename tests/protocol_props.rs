@@ -12,7 +12,7 @@ use wspush::protocol::encode;
 use wspush::protocol::handshake::{validate, HandshakeConfig};
 use wspush::protocol::http::{HttpLimits, RequestParser};
 use wspush::protocol::utf8::Utf8Validator;
-use wspush::protocol::{DecoderConfig, OpCode, Role};
+use wspush::protocol::{Decoder, DecoderConfig, OpCode, ProtocolError, Role};
 
 /// One message the client sends.
 #[derive(Debug, Clone)]
@@ -152,6 +152,33 @@ fn mutate(mut v: Vec<u8>, flips: &[(Index, u8)]) -> Vec<u8> {
     v
 }
 
+/// Feed `chunks` as the worker does, but release the decoder's buffers after
+/// every call (whenever it is idle they must then be gone): the messages and
+/// the error must be those of a decoder that never releases.
+fn decode_releasing(cfg: &DecoderConfig, chunks: &[&[u8]]) -> (Vec<Msg>, Option<ProtocolError>) {
+    let mut dec = Decoder::new();
+    let mut messages = Vec::new();
+    for chunk in chunks {
+        let mut data = chunk.to_vec();
+        let mut pos = 0;
+        while pos < data.len() {
+            match dec.decode(cfg, &mut data[pos..]) {
+                Ok(d) => {
+                    pos += d.consumed;
+                    messages.extend(d.message.map(Msg::from));
+                }
+                Err(e) => return (messages, Some(e)),
+            }
+            let idle = dec.is_idle();
+            dec.release_buffers();
+            if idle {
+                assert_eq!(dec.buffered_capacity(), 0, "idle decoder kept a buffer");
+            }
+        }
+    }
+    (messages, None)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -225,6 +252,25 @@ proptest! {
         }
         if let Some(e) = whole.error {
             prop_assert!([1002, 1007, 1009].contains(&e.close_code()));
+        }
+    }
+
+    #[test]
+    fn releasing_buffers_whenever_idle_changes_nothing(
+        items in prop::collection::vec((gen_message(), gen_frag()), 1..6),
+        flips in prop::collection::vec((any::<Index>(), 1u8..=255), 0..3),
+        points in prop::collection::vec(any::<Index>(), 0..12),
+        max_message in 16u64..4096,
+    ) {
+        let (stream, _) = build(&items);
+        let stream = mutate(stream, &flips);
+        let cfg = server_cfg(max_message, max_message);
+        for split in [vec![stream.len()], split_at(stream.len(), &points), vec![1; stream.len()]] {
+            let cs = chunks(&stream, &split);
+            let plain = decode_chunks(&cfg, &cs);
+            let (messages, error) = decode_releasing(&cfg, &cs);
+            prop_assert_eq!(&messages, &plain.messages);
+            prop_assert_eq!(error, plain.error);
         }
     }
 

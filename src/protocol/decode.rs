@@ -5,8 +5,9 @@
 //! returned as a slice of that input (no copy); fragmented or split messages
 //! are assembled in a buffer the decoder allocates only while such a message
 //! is in progress. Limits are checked from the frame header, before any
-//! payload is buffered. The decoder itself is under 100 bytes, so an idle
-//! connection costs almost nothing.
+//! payload is buffered. The decoder itself is one pointer (8 bytes): all the
+//! state of a partially received frame or message lives in a box that exists
+//! only while one is in progress, so an idle connection costs almost nothing.
 
 use super::close::{self, CloseFrame};
 use super::error::ProtocolError;
@@ -87,14 +88,30 @@ pub struct Decoded<'a> {
     pub message: Option<Message<'a>>,
 }
 
-/// Per-connection decoder state.
+/// Per-connection decoder state: a single pointer (8 bytes).
+///
+/// A whole single-frame message (or control frame) in the input is decoded
+/// without touching any state. Everything a partially received frame or
+/// message needs (the split header, the payload position and mask, the
+/// assembly buffers, the UTF-8 validator) lives in one box, allocated when
+/// the first split arrives and freed by [`Decoder::release_buffers`] once
+/// the decoder is idle again.
 #[derive(Debug, Default)]
 pub struct Decoder {
+    partial: Option<Box<Partial>>,
+}
+
+/// The state of a frame or message received in parts. When it is idle
+/// (`!in_payload && hdr_len == 0 && msg.is_none()`) none of its fields
+/// matter to the next byte, so it may be dropped.
+#[derive(Debug, Default)]
+struct Partial {
     /// Assembly of a data message that is fragmented or split across inputs.
     buf: Vec<u8>,
     /// Assembly of a control payload split across inputs.
     ctrl: Vec<u8>,
-    /// Payload bytes still to come for the current frame.
+    /// Payload bytes still to come for the current frame. Frame lengths are
+    /// up to 2^63 - 1 and the limits are `u64`, so this stays 64-bit.
     remaining: u64,
     /// Announced length of the data message so far.
     msg_len: u64,
@@ -121,23 +138,40 @@ impl Decoder {
     /// True when no frame or message is partially received: the decoder holds
     /// nothing that the next byte depends on beyond its fixed fields.
     pub fn is_idle(&self) -> bool {
-        !self.in_payload && self.hdr_len == 0 && self.msg.is_none()
+        self.partial.as_deref().is_none_or(Partial::is_idle)
     }
 
-    /// Free the assembly buffers if no message needs them (call when a
-    /// connection goes idle so it holds no heap memory).
+    /// Free the assembly buffers if no message needs them, and all of the
+    /// partial-receive state when idle (call when a connection goes idle so
+    /// it holds no heap memory).
     pub fn release_buffers(&mut self) {
-        if self.msg.is_none() {
-            self.buf = Vec::new();
+        let Some(p) = self.partial.as_deref_mut() else {
+            return;
+        };
+        if p.is_idle() {
+            self.partial = None;
+            return;
         }
-        if !(self.in_payload && self.frame_control.is_some()) {
-            self.ctrl = Vec::new();
+        if p.msg.is_none() {
+            p.buf = Vec::new();
+        }
+        if !(p.in_payload && p.frame_control.is_some()) {
+            p.ctrl = Vec::new();
         }
     }
 
-    /// Heap bytes held by the assembly buffers.
+    /// Heap bytes held by the assembly buffers (not counting the fixed-size
+    /// box that holds them while something is partially received).
     pub fn buffered_capacity(&self) -> usize {
-        self.buf.capacity() + self.ctrl.capacity()
+        self.partial
+            .as_deref()
+            .map_or(0, |p| p.buf.capacity() + p.ctrl.capacity())
+    }
+
+    /// The partial-receive state, allocated on first need.
+    #[inline]
+    fn state(&mut self) -> &mut Partial {
+        self.partial.get_or_insert_with(new_partial)
     }
 
     /// Decode from `input`, unmasking it in place, up to the end of the first
@@ -157,49 +191,56 @@ impl Decoder {
                     message: None,
                 });
             }
-            if self.in_payload {
-                let avail = input.len() - pos;
-                let take = (self.remaining.min(avail as u64)) as usize;
-                let chunk = &mut input[pos..pos + take];
-                if let Some(key) = self.mask {
-                    self.mask_pos = apply_mask(chunk, key, self.mask_pos as usize) as u8;
-                }
-                pos += take;
-                self.remaining -= take as u64;
-                if self.frame_control.is_some() {
-                    self.ctrl.extend_from_slice(chunk);
-                } else {
-                    self.append_data(chunk)?;
-                }
-                if self.remaining > 0 {
+            let mut hdr_len = 0;
+            if let Some(p) = self.partial.as_deref_mut() {
+                if p.in_payload {
+                    let avail = input.len() - pos;
+                    let take = (p.remaining.min(avail as u64)) as usize;
+                    let chunk = &mut input[pos..pos + take];
+                    if let Some(key) = p.mask {
+                        p.mask_pos = apply_mask(chunk, key, p.mask_pos as usize) as u8;
+                    }
+                    pos += take;
+                    p.remaining -= take as u64;
+                    if p.frame_control.is_some() {
+                        p.ctrl.extend_from_slice(chunk);
+                    } else {
+                        p.append_data(chunk)?;
+                    }
+                    if p.remaining > 0 {
+                        continue;
+                    }
+                    p.in_payload = false;
+                    if let Some(op) = p.frame_control {
+                        // A fresh borrow: only this returning branch may lend
+                        // `self` out for 'a.
+                        let message = control_message(op, &self.state().ctrl)?;
+                        return Ok(Decoded {
+                            consumed: pos,
+                            message: Some(message),
+                        });
+                    }
+                    if p.frame_fin {
+                        let message = self.state().finish_assembled()?;
+                        return Ok(Decoded {
+                            consumed: pos,
+                            message: Some(message),
+                        });
+                    }
                     continue;
                 }
-                self.in_payload = false;
-                if let Some(op) = self.frame_control {
-                    let message = control_message(op, &self.ctrl)?;
-                    return Ok(Decoded {
-                        consumed: pos,
-                        message: Some(message),
-                    });
-                }
-                if self.frame_fin {
-                    let message = self.finish_assembled()?;
-                    return Ok(Decoded {
-                        consumed: pos,
-                        message: Some(message),
-                    });
-                }
-                continue;
+                hdr_len = p.hdr_len;
             }
 
             // Frame header.
             let avail = &input[pos..];
-            let (h, used) = if self.hdr_len == 0 {
+            let (h, used) = if hdr_len == 0 {
                 match FrameHeader::parse(avail, cfg.allowed_rsv)? {
                     Some(parsed) => parsed,
                     None => {
-                        self.hdr[..avail.len()].copy_from_slice(avail);
-                        self.hdr_len = avail.len() as u8;
+                        let p = self.state();
+                        p.hdr[..avail.len()].copy_from_slice(avail);
+                        p.hdr_len = avail.len() as u8;
                         return Ok(Decoded {
                             consumed: input.len(),
                             message: None,
@@ -207,16 +248,17 @@ impl Decoder {
                     }
                 }
             } else {
-                let have = self.hdr_len as usize;
+                let p = self.state();
+                let have = hdr_len as usize;
                 let take = (MAX_HEADER_LEN - have).min(avail.len());
-                self.hdr[have..have + take].copy_from_slice(&avail[..take]);
-                match FrameHeader::parse(&self.hdr[..have + take], cfg.allowed_rsv)? {
+                p.hdr[have..have + take].copy_from_slice(&avail[..take]);
+                match FrameHeader::parse(&p.hdr[..have + take], cfg.allowed_rsv)? {
                     Some((h, hlen)) => {
-                        self.hdr_len = 0;
+                        p.hdr_len = 0;
                         (h, hlen - have)
                     }
                     None => {
-                        self.hdr_len = (have + take) as u8;
+                        p.hdr_len = (have + take) as u8;
                         return Ok(Decoded {
                             consumed: input.len(),
                             message: None,
@@ -225,25 +267,27 @@ impl Decoder {
                 }
             };
             pos += used;
-            self.begin_frame(cfg, &h)?;
-
             let avail = (input.len() - pos) as u64;
-            if h.len > avail {
+            let whole = h.len <= avail;
+            self.begin_frame(cfg, &h, whole)?;
+
+            if !whole {
                 // Payload split across inputs: stream it.
-                self.in_payload = true;
-                self.remaining = h.len;
-                self.frame_fin = h.fin;
-                self.mask = h.mask;
-                self.mask_pos = 0;
-                self.frame_control = if h.opcode.is_control() {
+                let p = self.state();
+                p.in_payload = true;
+                p.remaining = h.len;
+                p.frame_fin = h.fin;
+                p.mask = h.mask;
+                p.mask_pos = 0;
+                p.frame_control = if h.opcode.is_control() {
                     Some(h.opcode)
                 } else {
                     None
                 };
                 if h.opcode.is_control() {
-                    self.ctrl.clear();
+                    p.ctrl.clear();
                     // At most 125 bytes (checked by the header parser).
-                    self.ctrl.reserve_exact(h.len as usize);
+                    p.ctrl.reserve_exact(h.len as usize);
                 }
                 continue;
             }
@@ -264,7 +308,8 @@ impl Decoder {
             }
             if h.fin && h.opcode != OpCode::Continuation {
                 // A whole single-frame message: hand out the input itself.
-                self.msg = None;
+                // `begin_frame` left no message in progress.
+                debug_assert!(self.partial.as_deref().is_none_or(|p| p.msg.is_none()));
                 let input: &'a [u8] = input;
                 let payload = &input[start..pos];
                 let message = if h.opcode == OpCode::Text {
@@ -279,9 +324,9 @@ impl Decoder {
                     message: Some(message),
                 });
             }
-            self.append_data(&input[start..pos])?;
+            self.state().append_data(&input[start..pos])?;
             if h.fin {
-                let message = self.finish_assembled()?;
+                let message = self.state().finish_assembled()?;
                 return Ok(Decoded {
                     consumed: pos,
                     message: Some(message),
@@ -291,8 +336,15 @@ impl Decoder {
     }
 
     /// Check a new frame against the role, the fragmentation rules and the
-    /// limits, and start a new data message where it begins one.
-    fn begin_frame(&mut self, cfg: &DecoderConfig, h: &FrameHeader) -> Result<(), ProtocolError> {
+    /// limits, and start a new data message where it begins one. A whole
+    /// (`whole`: its payload is in the input) single-frame data message within
+    /// the limits needs no state and starts none.
+    fn begin_frame(
+        &mut self,
+        cfg: &DecoderConfig,
+        h: &FrameHeader,
+        whole: bool,
+    ) -> Result<(), ProtocolError> {
         match (cfg.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
             (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
@@ -304,27 +356,61 @@ impl Decoder {
         if h.len > cfg.max_frame_size {
             return Err(ProtocolError::FrameTooLarge);
         }
-        if h.opcode == OpCode::Continuation {
-            if self.msg.is_none() {
+        let in_progress = self.partial.as_deref().is_some_and(|p| p.msg.is_some());
+        if h.fin
+            && whole
+            && h.opcode != OpCode::Continuation
+            && !in_progress
+            && h.len <= cfg.max_message_size
+        {
+            // A whole single-frame message: nothing to record.
+            return Ok(());
+        }
+        self.begin_partial(cfg, h, in_progress)
+    }
+
+    /// The rest of [`Self::begin_frame`] for a data frame that continues or
+    /// starts a message needing state (kept out of the hot path).
+    #[inline(never)]
+    fn begin_partial(
+        &mut self,
+        cfg: &DecoderConfig,
+        h: &FrameHeader,
+        in_progress: bool,
+    ) -> Result<(), ProtocolError> {
+        let p = if h.opcode == OpCode::Continuation {
+            if !in_progress {
                 return Err(ProtocolError::UnexpectedContinuation);
             }
+            self.state()
         } else {
-            if self.msg.is_some() {
+            if in_progress {
                 return Err(ProtocolError::ExpectedContinuation);
             }
-            self.msg = Some(h.opcode);
-            self.msg_len = 0;
-            self.utf8.reset();
-            self.buf.clear();
-        }
-        self.msg_len = self
+            // Fragmented, split, or too large: record the message as begun
+            // (also on the error below, as the decoder always has).
+            let p = self.state();
+            p.msg = Some(h.opcode);
+            p.msg_len = 0;
+            p.utf8.reset();
+            p.buf.clear();
+            p
+        };
+        p.msg_len = p
             .msg_len
             .checked_add(h.len)
             .ok_or(ProtocolError::MessageTooLarge)?;
-        if self.msg_len > cfg.max_message_size {
+        if p.msg_len > cfg.max_message_size {
             return Err(ProtocolError::MessageTooLarge);
         }
         Ok(())
+    }
+}
+
+impl Partial {
+    /// Nothing partially received: no field matters to the next byte.
+    fn is_idle(&self) -> bool {
+        !self.in_payload && self.hdr_len == 0 && self.msg.is_none()
     }
 
     /// Append unmasked payload of the current data message, validating text.
@@ -376,6 +462,13 @@ impl Decoder {
     }
 }
 
+/// A fresh partial-receive state (out of line: the hot path never needs it).
+#[cold]
+#[inline(never)]
+fn new_partial() -> Box<Partial> {
+    Box::default()
+}
+
 /// Build the message for a complete control frame.
 fn control_message(op: OpCode, payload: &[u8]) -> Result<Message<'_>, ProtocolError> {
     Ok(match op {
@@ -383,4 +476,115 @@ fn control_message(op: OpCode, payload: &[u8]) -> Result<Message<'_>, ProtocolEr
         OpCode::Pong => Message::Pong(payload),
         _ => Message::Close(close::parse_payload(payload)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::encode;
+
+    fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode::masked_frame_into(&mut v, fin, op, payload, [0x37, 0xfa, 0x21, 0x3d]);
+        v
+    }
+
+    #[test]
+    fn decoder_is_one_pointer() {
+        let size = std::mem::size_of::<Decoder>();
+        let partial = std::mem::size_of::<Partial>();
+        eprintln!("Decoder {size} B (was 96 B); partial-receive box {partial} B");
+        assert!(size <= 8, "Decoder grew to {size} bytes");
+    }
+
+    #[test]
+    fn whole_frames_allocate_nothing() {
+        let cfg = DecoderConfig::default();
+        let mut dec = Decoder::new();
+        let mut input = [
+            frame(true, OpCode::Text, b"hello"),
+            frame(true, OpCode::Binary, &[7; 300]),
+            frame(true, OpCode::Ping, b"p"),
+            frame(true, OpCode::Text, b""),
+        ]
+        .concat();
+        let mut pos = 0;
+        let mut n = 0;
+        while pos < input.len() {
+            let d = dec.decode(&cfg, &mut input[pos..]).expect("valid");
+            assert!(d.message.is_some());
+            pos += d.consumed;
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        assert!(dec.partial.is_none());
+        assert!(dec.is_idle());
+    }
+
+    #[test]
+    fn split_state_is_boxed_then_freed_when_idle() {
+        let cfg = DecoderConfig::default();
+        let mut dec = Decoder::new();
+        // A header split after one byte, then a payload split in two.
+        let mut f = frame(true, OpCode::Binary, b"abcdef");
+        let (a, rest) = f.split_at_mut(1);
+        assert_eq!(dec.decode(&cfg, a).expect("ok").message, None);
+        assert!(dec.partial.is_some());
+        assert!(!dec.is_idle());
+        dec.release_buffers();
+        assert!(dec.partial.is_some(), "kept while a header is split");
+        let (b, c) = rest.split_at_mut(rest.len() - 2);
+        assert_eq!(dec.decode(&cfg, b).expect("ok").message, None);
+        let d = dec.decode(&cfg, c).expect("ok");
+        assert_eq!(d.message, Some(Message::Binary(b"abcdef")));
+        assert!(dec.is_idle());
+        assert!(dec.partial.is_some());
+        dec.release_buffers();
+        assert!(dec.partial.is_none());
+        assert_eq!(dec.buffered_capacity(), 0);
+
+        // A fragmented text message with a split ping in the middle.
+        let mut input = [
+            frame(false, OpCode::Text, "κό".as_bytes()),
+            frame(true, OpCode::Ping, b"ping"),
+            frame(true, OpCode::Continuation, "σμε".as_bytes()),
+        ]
+        .concat();
+        let first = frame(false, OpCode::Text, "κό".as_bytes()).len();
+        let d = dec.decode(&cfg, &mut input[..first + 3]).expect("ok");
+        assert_eq!(d.message, None);
+        dec.release_buffers();
+        assert!(dec.buffered_capacity() > 0, "the text so far is kept");
+        let d = dec.decode(&cfg, &mut input[first + 3..]).expect("ok");
+        assert_eq!(d.message, Some(Message::Ping(b"ping")));
+        let ping = d.consumed;
+        let d = dec
+            .decode(&cfg, &mut input[first + 3 + ping..])
+            .expect("ok");
+        assert_eq!(d.message, Some(Message::Text("κόσμε")));
+        dec.release_buffers();
+        assert!(dec.partial.is_none());
+    }
+
+    #[test]
+    fn oversized_single_frame_is_rejected_and_leaves_a_message_begun() {
+        // As before the state moved into a box: a too-large first frame
+        // counts as a begun message (the stream is unusable afterwards).
+        let cfg = DecoderConfig {
+            max_message_size: 4,
+            ..DecoderConfig::default()
+        };
+        let mut dec = Decoder::new();
+        let mut f = frame(true, OpCode::Binary, b"12345");
+        assert_eq!(
+            dec.decode(&cfg, &mut f).map(|d| d.consumed),
+            Err(ProtocolError::MessageTooLarge)
+        );
+        assert!(!dec.is_idle());
+        let mut dec = Decoder::new();
+        let mut f = frame(true, OpCode::Binary, b"1234");
+        let d = dec.decode(&cfg, &mut f).expect("ok");
+        assert_eq!(d.message, Some(Message::Binary(b"1234")));
+        assert!(dec.partial.is_none());
+    }
 }
