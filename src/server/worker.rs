@@ -169,6 +169,16 @@ struct Loop<H: Handler> {
     drain_deadline: Option<Instant>,
 }
 
+/// What a read loop does after handing over one read.
+enum After {
+    /// Read again (same phase).
+    More,
+    /// The phase changed: resume reading next turn.
+    Requeue,
+    /// Stop reading (the connection is gone).
+    Stop,
+}
+
 /// Queue a shared frame on an open connection and mark it for the flush.
 #[inline]
 fn push_frame(c: &mut Conn, key: usize, f: &LocalFrame, q: &mut Queues<'_>) {
@@ -1086,13 +1096,49 @@ impl<H: Handler> Loop<H> {
         };
         match phase {
             Phase::Dead => {}
-            Phase::Http => self.read_http(key),
-            Phase::Open | Phase::Closing => self.read_ws(key),
-            Phase::Lingering => self.read_discard(key),
+            Phase::Http => self.read_loop(key, None, |core, app, key, bytes| {
+                let Some(hs) = core.conns.get_mut(key).and_then(|c| c.http.take()) else {
+                    core.kill(key, None);
+                    return After::Stop;
+                };
+                let mut hs = hs;
+                hs.buf.extend_from_slice(bytes);
+                app.serve_http(core, key, hs);
+                match core.conns.get(key).map(|c| c.phase) {
+                    Some(Phase::Http) => After::More,
+                    // Upgraded (or done) with maybe more bytes in the socket:
+                    // the edge is consumed, so read on next turn in the new phase.
+                    _ => After::Requeue,
+                }
+            }),
+            Phase::Open | Phase::Closing => {
+                self.read_loop(key, Some(CloseReason::Abnormal), |core, app, key, bytes| {
+                    core.stats.bytes_in_total += bytes.len() as u64;
+                    if let Some(c) = core.conns.get_mut(key) {
+                        c.last_rx = core.ms;
+                    }
+                    app.process_ws(core, key, bytes);
+                    match core.conns.get(key).map(|c| c.phase) {
+                        Some(Phase::Open | Phase::Closing) => After::More,
+                        _ => After::Requeue,
+                    }
+                })
+            }
+            // After our final bytes: read and discard until the peer closes.
+            Phase::Lingering => self.read_loop(key, None, |_, _, _, _| After::More),
         }
     }
 
-    fn read_http(&mut self, key: usize) {
+    /// Read until the socket is drained (`WouldBlock` or a short read), at
+    /// most `MAX_READS_PER_EVENT` times (then resume next turn, for
+    /// fairness), handing each read to `each`. EOF or an error kill the
+    /// connection with `gone` as its reason.
+    fn read_loop(
+        &mut self,
+        key: usize,
+        gone: Option<CloseReason>,
+        mut each: impl FnMut(&mut Core, &mut App<H>, usize, &mut [u8]) -> After,
+    ) {
         let Loop {
             core,
             app,
@@ -1104,87 +1150,20 @@ impl<H: Handler> Loop<H> {
             let Some(c) = core.conns.get_mut(key) else {
                 return;
             };
-            if c.phase != Phase::Http {
-                return;
-            }
             match c.stream.read(readbuf) {
-                Ok(0) => return core.kill(key, None),
+                Ok(0) => return core.kill(key, gone),
                 Ok(n) => {
-                    let Some(mut hs) = c.http.take() else {
-                        return core.kill(key, None);
-                    };
-                    hs.buf.extend_from_slice(&readbuf[..n]);
-                    app.serve_http(core, key, hs);
-                    if n < readbuf.len() {
-                        return;
-                    }
-                    if core.conns.get(key).is_some_and(|c| c.phase != Phase::Http) {
-                        // Upgraded (or done) with more bytes in the socket: the
-                        // edge is consumed, so read on next turn in the new phase.
-                        pending_reads.push(key);
-                        return;
+                    let full = n == readbuf.len();
+                    match each(core, app, key, &mut readbuf[..n]) {
+                        _ if !full => return,
+                        After::More => {}
+                        After::Requeue => break,
+                        After::Stop => return,
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return core.kill(key, None),
-            }
-        }
-        pending_reads.push(key);
-    }
-
-    fn read_ws(&mut self, key: usize) {
-        let Loop {
-            core,
-            app,
-            readbuf,
-            pending_reads,
-            ..
-        } = self;
-        for _ in 0..MAX_READS_PER_EVENT {
-            let Some(c) = core.conns.get_mut(key) else {
-                return;
-            };
-            if !matches!(c.phase, Phase::Open | Phase::Closing) {
-                return;
-            }
-            match c.stream.read(readbuf) {
-                Ok(0) => return core.kill(key, Some(CloseReason::Abnormal)),
-                Ok(n) => {
-                    core.stats.bytes_in_total += n as u64;
-                    c.last_rx = core.ms;
-                    app.process_ws(core, key, &mut readbuf[..n]);
-                    if n < readbuf.len() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return core.kill(key, Some(CloseReason::Abnormal)),
-            }
-        }
-        pending_reads.push(key);
-    }
-
-    /// After our final bytes: read and discard until the peer closes.
-    fn read_discard(&mut self, key: usize) {
-        let Loop {
-            core,
-            readbuf,
-            pending_reads,
-            ..
-        } = self;
-        for _ in 0..MAX_READS_PER_EVENT {
-            let Some(c) = core.conns.get_mut(key) else {
-                return;
-            };
-            match c.stream.read(readbuf) {
-                Ok(0) => return core.kill(key, None),
-                Ok(n) if n < readbuf.len() => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return core.kill(key, None),
+                Err(_) => return core.kill(key, gone),
             }
         }
         pending_reads.push(key);
