@@ -96,6 +96,6 @@ mod tests {
         let dec = std::mem::size_of::<Decoder>();
         let out = std::mem::size_of::<OutQueue>();
         eprintln!("Conn {size} B (decoder {dec} B, out queue {out} B)");
-        assert!(size <= 256, "Conn grew to {size} bytes");
+        assert!(size <= 96, "Conn grew to {size} bytes");
     }
 }

@@ -31,6 +31,9 @@ impl Chunk {
 #[derive(Default)]
 pub(crate) struct BufPool {
     free: Vec<Vec<u8>>,
+    // Boxed on purpose: a connection holds its queue as one pointer, and the
+    // pool hands the same allocation back and forth.
+    #[allow(clippy::vec_box)]
     queues: Vec<Box<Queue>>,
     /// Where runs of small frames are gathered into one contiguous write.
     scratch: Vec<u8>,
