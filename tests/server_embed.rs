@@ -253,3 +253,37 @@ fn publications_from_on_close_are_delivered_on_the_same_worker() {
     while stays.read().is_ok() {}
     runner.join().unwrap().unwrap();
 }
+
+#[test]
+fn without_so_reuseport_one_acceptor_hands_connections_to_every_worker() {
+    let shared = Shared::default();
+    let s2 = shared.clone();
+    let server = Server::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .workers(3)
+        .with(|c| c.reuse_port = false)
+        .build(move |_, _| App { shared: s2.clone() })
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let runner = thread::spawn(move || server.run());
+    let mut clients = Vec::new();
+    let mut workers = std::collections::HashSet::new();
+    for _ in 0..12 {
+        let (ws, id) = client(addr);
+        workers.insert(ConnId::from_u64(id).worker());
+        clients.push(ws);
+    }
+    // Round-robin from the one acceptor: every worker got connections.
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    // And they all work: a broadcast reaches each.
+    handle.broadcast(Frame::text("all"));
+    for ws in clients.iter_mut() {
+        assert_eq!(ws.read().unwrap(), TMsg::Text("all".into()));
+    }
+    handle.shutdown();
+    for mut ws in clients {
+        while ws.read().is_ok() {}
+    }
+    runner.join().unwrap().unwrap();
+}
