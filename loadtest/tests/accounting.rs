@@ -6,102 +6,18 @@
 //! Nothing here asserts a timing figure; only counts.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
 
-use serde_json::Value;
 use wspush::protocol::encode::frame_into;
 use wspush::protocol::handshake::accept_key;
 use wspush::protocol::{Decoder, DecoderConfig, Message, OpCode, Role};
 
-/// target/<profile>/wspush, next to the directory of this test executable.
-fn wspush_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("wspush");
-    assert!(
-        bin.exists(),
-        "the wspush server binary is missing at {}: build it first with `cargo build --release -p wspush` \
-         (or run `cargo test --release --workspace`, which builds every workspace binary)",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(workers: u32) -> Server {
-        let port = free_port();
-        let child = Command::new(wspush_bin())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--workers",
-                &workers.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start wspush");
-        let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "wspush did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { child, port }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Run wsload with `args` + `--json -q`; returns (exit code, summary).
-fn wsload(args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wsload"))
-        .args(args)
-        .args(["--json", "-q"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run wsload");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("wsload output is not JSON ({e}): {text}"));
-    (out.status.code().unwrap_or(-1), v)
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("no integer {k} in {v:#}"))
-}
+mod common;
+use common::*;
 
 #[test]
 fn echo_counts_every_round_trip() {
-    let s = Server::start(2);
+    let s = Server::start(2, &[]);
     let (code, v) = wsload(&[
         "echo",
         "--url",
@@ -126,7 +42,7 @@ fn echo_counts_every_round_trip() {
 
 #[test]
 fn echo_of_large_binary_messages() {
-    let s = Server::start(1);
+    let s = Server::start(1, &[]);
     let (code, v) = wsload(&[
         "echo",
         "--url",
@@ -149,7 +65,7 @@ fn echo_of_large_binary_messages() {
 
 #[test]
 fn broadcast_delivers_every_message_to_every_subscriber() {
-    let s = Server::start(2);
+    let s = Server::start(2, &[]);
     let (code, v) = wsload(&[
         "broadcast",
         "--url",
@@ -181,7 +97,7 @@ fn broadcast_delivers_every_message_to_every_subscriber() {
 
 #[test]
 fn chat_room_at_max_rate_over_threads_processes_and_sources() {
-    let s = Server::start(2);
+    let s = Server::start(2, &[]);
     let (code, v) = wsload(&[
         "broadcast",
         "--url",
@@ -213,7 +129,7 @@ fn chat_room_at_max_rate_over_threads_processes_and_sources() {
 
 #[test]
 fn connect_and_idle_count_connections() {
-    let s = Server::start(1);
+    let s = Server::start(1, &[]);
     let (code, v) = wsload(&[
         "connect",
         "--url",
@@ -247,7 +163,7 @@ fn connect_and_idle_count_connections() {
 
 #[test]
 fn refusals_are_counted_by_reason_and_fail_the_run() {
-    let s = Server::start(1);
+    let s = Server::start(1, &[]);
     let (code, v) = wsload(&["connect", "--url", &s.url("/no-such-endpoint"), "-c", "5"]);
     assert_eq!(code, 1, "errors above --max-errors exit 1: {v:#}");
     assert_eq!(u(&v, "opened"), 0);

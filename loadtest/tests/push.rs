@@ -5,96 +5,10 @@
 //!
 //! Nothing here asserts a timing figure; only counts.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
 
-/// target/<profile>/wspush, next to the directory of this test executable.
-fn wspush_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("wspush");
-    assert!(
-        bin.exists(),
-        "the wspush server binary is missing at {}: build it first with `cargo build --release -p wspush` \
-         (or run `cargo test --release --workspace`, which builds every workspace binary)",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(workers: u32, extra: &[&str]) -> Server {
-        let port = free_port();
-        let child = Command::new(wspush_bin())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--workers",
-                &workers.to_string(),
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start wspush");
-        let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "wspush did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Run wsload with `args` + `--json -q`; returns (exit code, summary).
-fn wsload(args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wsload"))
-        .args(args)
-        .args(["--json", "-q"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run wsload");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("wsload output is not JSON ({e}): {text}"));
-    (out.status.code().unwrap_or(-1), v)
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("no integer {k} in {v:#}"))
-}
+mod common;
+use common::*;
 
 /// Zero loss; every subscriber got every seq once, in order, seq rising by
 /// one per publication; every answer said recipients = subscribers.
@@ -131,7 +45,7 @@ fn push_at_a_fixed_rate_reaches_every_subscriber_once_in_order() {
     let (code, v) = wsload(&[
         "push",
         "--url",
-        &s.url(),
+        &s.url("/ws"),
         "-c",
         "50",
         "--rate",
@@ -146,7 +60,7 @@ fn push_at_a_fixed_rate_reaches_every_subscriber_once_in_order() {
     let (code, v) = wsload(&[
         "push",
         "--url",
-        &s.url(),
+        &s.url("/ws"),
         "-c",
         "50",
         "--rate",
@@ -164,7 +78,7 @@ fn push_with_a_window_over_threads_processes_and_workers() {
     let (code, v) = wsload(&[
         "push",
         "--url",
-        &s.url(),
+        &s.url("/ws"),
         "--channel",
         "news.eu-1",
         "-c",
@@ -191,7 +105,7 @@ fn push_with_an_api_key_and_refused_publishes() {
     let (code, v) = wsload(&[
         "push",
         "--url",
-        &s.url(),
+        &s.url("/ws"),
         "-c",
         "10",
         "--rate",
@@ -209,7 +123,7 @@ fn push_with_an_api_key_and_refused_publishes() {
     let (code, v) = wsload(&[
         "push",
         "--url",
-        &s.url(),
+        &s.url("/ws"),
         "-c",
         "10",
         "--rate",
