@@ -150,7 +150,7 @@ fn count(svc: &PushService) {
 fn publish(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
     let channel = percent_decode(raw).unwrap_or_default();
     if !valid_name(&channel) {
-        return json_error(400, "channel names are [A-Za-z0-9_.:@-]{1,128}");
+        return json_error(400, super::CHANNEL_RULE);
     }
     let data = match data_of(req) {
         Ok(d) => d,

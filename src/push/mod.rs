@@ -40,6 +40,9 @@ pub const PAGE: &str = include_str!("page.html");
 const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
      img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// What a bad channel name is told.
+pub const CHANNEL_RULE: &str = "channel names are [A-Za-z0-9_.:@-]{1,128}";
+
 /// The topic of the `/broadcast` chat room (not a valid channel name, so
 /// clients cannot reach it through `/ws`).
 pub const ROOM_TOPIC: &str = "#room:/broadcast";
@@ -304,51 +307,39 @@ impl PushService {
             Ok(c) => c,
             Err(e) => return self.strike(s, ctx, e.code, e.message, id),
         };
+        // Every op but ping names a channel: check it once.
+        if let Control::Subscribe(ch) | Control::Unsubscribe(ch) | Control::Publish(ch, _) =
+            &control
+        {
+            if !valid_name(ch) {
+                return self.strike(s, ctx, "invalid_channel", CHANNEL_RULE, id);
+            }
+        }
+        let refusal = match &control {
+            Control::Ping => None,
+            Control::Subscribe(ch) if !s.allows(ch) => {
+                Some(("forbidden", "the token does not allow this channel"))
+            }
+            Control::Subscribe(_) => {
+                let own = usize::from(s.user().is_some());
+                (ctx.subscriptions().saturating_sub(own) >= self.shared.cfg.max_channels_per_conn)
+                    .then_some(("too_many_channels", "subscription limit reached"))
+            }
+            Control::Unsubscribe(_) => None,
+            Control::Publish(ch, _) => (!any_matches(&self.shared.cfg.client_publish, ch)
+                || !s.allows(ch))
+            .then_some(("forbidden", "clients may not publish on this channel")),
+        };
+        if let Some((code, message)) = refusal {
+            return self.strike(s, ctx, code, message, id);
+        }
         match control {
             Control::Ping => ctx.send_text(&envelope::reply_pong(id)),
             Control::Subscribe(ch) => {
-                if !valid_name(&ch) {
-                    return self.strike(
-                        s,
-                        ctx,
-                        "invalid_channel",
-                        "channel names are [A-Za-z0-9_.:@-]{1,128}",
-                        id,
-                    );
-                }
-                if !s.allows(&ch) {
-                    return self.strike(
-                        s,
-                        ctx,
-                        "forbidden",
-                        "the token does not allow this channel",
-                        id,
-                    );
-                }
-                let own = usize::from(s.user().is_some());
-                if ctx.subscriptions().saturating_sub(own) >= self.shared.cfg.max_channels_per_conn
-                {
-                    return self.strike(
-                        s,
-                        ctx,
-                        "too_many_channels",
-                        "subscription limit reached",
-                        id,
-                    );
-                }
                 ctx.subscribe(&ch);
                 ctx.send_text(&envelope::reply_channel("subscribed", &ch, id));
             }
             Control::Unsubscribe(ch) => {
-                if !valid_name(&ch) {
-                    return self.strike(
-                        s,
-                        ctx,
-                        "invalid_channel",
-                        "channel names are [A-Za-z0-9_.:@-]{1,128}",
-                        id,
-                    );
-                }
                 if !ctx.unsubscribe(&ch) {
                     return self.strike(
                         s,
@@ -361,24 +352,6 @@ impl PushService {
                 ctx.send_text(&envelope::reply_channel("unsubscribed", &ch, id));
             }
             Control::Publish(ch, data) => {
-                if !valid_name(&ch) {
-                    return self.strike(
-                        s,
-                        ctx,
-                        "invalid_channel",
-                        "channel names are [A-Za-z0-9_.:@-]{1,128}",
-                        id,
-                    );
-                }
-                if !any_matches(&self.shared.cfg.client_publish, &ch) || !s.allows(&ch) {
-                    return self.strike(
-                        s,
-                        ctx,
-                        "forbidden",
-                        "clients may not publish on this channel",
-                        id,
-                    );
-                }
                 let p = self
                     .handle
                     .publish_seq(&ch, |seq| envelope::channel_push(&ch, seq, &data));
@@ -413,7 +386,7 @@ impl Handler for PushService {
                 }
                 let ch = percent_decode(v).unwrap_or_default();
                 if !valid_name(&ch) {
-                    return Err(text_error(400, "channel names are [A-Za-z0-9_.:@-]{1,128}"));
+                    return Err(text_error(400, CHANNEL_RULE));
                 }
                 if claims.as_ref().is_some_and(|c| !c.allows(&ch)) {
                     return Err(text_error(403, "the token does not allow this channel"));
