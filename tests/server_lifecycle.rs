@@ -134,6 +134,15 @@ fn out_of_file_descriptors_pauses_accepting_without_dying_or_spinning() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    // Kill the daemon however the test ends.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _reap = Reap(child);
     let (tx, rx) = std::sync::mpsc::channel();
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let l2 = lines.clone();
@@ -204,6 +213,4 @@ fn out_of_file_descriptors_pauses_accepting_without_dying_or_spinning() {
         (1..1000).contains(&errors),
         "accept errors {errors}: the worker must pause, not spin"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
