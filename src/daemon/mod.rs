@@ -113,7 +113,7 @@ fn off_or(d: Option<Duration>) -> String {
 
 /// Raise the soft open-files limit to the hard one: a push server's
 /// connections are its file descriptors.
-fn raise_open_files_limit() {
+pub fn raise_open_files_limit() {
     // SAFETY: getrlimit/setrlimit on a local struct.
     unsafe {
         let mut r = libc::rlimit {

@@ -134,8 +134,10 @@ fn data_of(req: &Request<'_>) -> Result<String, Response> {
         return Err(json_error(400, "body is not valid UTF-8"));
     };
     if is_json {
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v) => Ok(v.to_string()),
+        // One validating pass, no document built: the publisher's JSON text
+        // goes into the envelope as it was sent.
+        match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+            Ok(v) => Ok(v.get().to_string()),
             Err(_) => Err(json_error(400, "body is not valid JSON")),
         }
     } else {

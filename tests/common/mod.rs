@@ -16,17 +16,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Raise the soft open-files limit to the hard limit (tests open thousands of sockets).
 pub fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
+    wspush::daemon::raise_open_files_limit();
 }
 
 /// The daemon running as a child process.
