@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
+use super::core::{Cause, Core};
 use super::hub::{ConnId, Frame, Handle, Published};
 use super::response::Response;
-use super::worker::Core;
 use crate::protocol::{HttpError, Message, ProtocolError, Request};
 
 /// Why a WebSocket connection ended.
@@ -132,7 +132,7 @@ impl Context<'_> {
     /// Send an encoded frame to this connection.
     pub fn send(&mut self, frame: &Frame) {
         let shared = std::rc::Rc::new(frame.clone().into_shared());
-        self.core.queue_shared(self.key, &shared);
+        self.core.queue_shared(self.key, &shared, Cause::Reply);
     }
 
     /// Send an encoded frame to any connection (this worker's directly, other
@@ -141,7 +141,12 @@ impl Context<'_> {
         if id.worker() == self.core.index {
             if let Some(key) = self.core.lookup(id) {
                 let shared = std::rc::Rc::new(frame.into_shared());
-                self.core.queue_shared(key, &shared);
+                let cause = if key == self.key {
+                    Cause::Reply
+                } else {
+                    Cause::Push
+                };
+                self.core.queue_shared(key, &shared, cause);
             }
         } else {
             self.core.handle.send(id, frame);

@@ -15,6 +15,8 @@ pub mod hub;
 pub mod response;
 
 mod conn;
+mod core;
+mod dispatch;
 mod listener;
 mod outbuf;
 mod timers;
