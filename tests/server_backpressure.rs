@@ -36,7 +36,10 @@ fn pipelined_control_pings_are_all_answered_under_a_small_buffer_limit() {
     assert!(String::from_utf8_lossy(&welcome).contains("welcome"));
     let mut all = Vec::new();
     for i in 0..20_000 {
-        all.extend(masked(OpCode::Text, format!(r#"{{"op":"ping","id":{i}}}"#).as_bytes()));
+        all.extend(masked(
+            OpCode::Text,
+            format!(r#"{{"op":"ping","id":{i}}}"#).as_bytes(),
+        ));
     }
     let writer = write_in_background(&c.stream, all);
     for i in 0..20_000 {
@@ -121,7 +124,10 @@ fn a_sender_that_never_reads_is_stopped_by_tcp_not_by_memory() {
         "the server kept reading a client that never reads ({sent} bytes taken)"
     );
     let rss = rss_kib(d.child.id());
-    assert!(rss < 64 * 1024, "server RSS {rss} KiB for one stalled client");
+    assert!(
+        rss < 64 * 1024,
+        "server RSS {rss} KiB for one stalled client"
+    );
     // Other clients are served meanwhile.
     let mut other = ws(&d, "/echo");
     other

@@ -22,6 +22,7 @@ use super::outbuf::{BufPool, Flushed, LocalFrame};
 use super::response::Response;
 use super::timers::{millis, Entry, TimerKind, Timers};
 use super::topics::{Sub, Topics};
+use crate::broker::{Joined, Position, Publication};
 use crate::protocol::{close, encode, DecoderConfig, OpCode, ProtocolError, Role};
 
 /// Everything of a worker except the application: connections, topics,
@@ -320,22 +321,28 @@ impl Core {
         self.conns.get(key).map(|c| c.out.len()).unwrap_or(0)
     }
 
-    pub(crate) fn subscribe(&mut self, key: usize, topic: &str) -> bool {
-        let Some(c) = self.conns.get_mut(key) else {
-            return false;
-        };
+    /// Subscribe an open connection to `topic` through the broker; with
+    /// `since`, the publications after it come back for replay when the
+    /// history holds them. `None` if it already was subscribed or is not open.
+    pub(crate) fn subscribe(
+        &mut self,
+        key: usize,
+        topic: &str,
+        since: Option<Position>,
+    ) -> Option<Joined> {
+        let c = self.conns.get_mut(key)?;
         if !matches!(c.phase, Phase::Open) {
-            return false;
+            return None;
         }
         if let Some(id) = self.topics.id(topic) {
             if c.subs.iter().any(|s| s.topic == id) {
-                return false;
+                return None;
             }
         }
-        let sub = self.topics.subscribe(topic, key);
+        let joined = self.handle.broker().join(topic, self.index, since);
+        let sub = self.topics.subscribe(topic, key, joined.position.seq);
         c.subs.push(sub);
-        self.handle.hub().subscription_changed(topic, self.index, 1);
-        true
+        Some(joined)
     }
 
     pub(crate) fn peer_addr(&self, key: usize) -> Option<std::net::SocketAddr> {
@@ -365,9 +372,7 @@ impl Core {
     /// the connection whose entry moved into its place.
     pub(crate) fn drop_sub(&mut self, sub: Sub) {
         if let Some(name) = self.topics.name(sub.topic) {
-            self.handle
-                .hub()
-                .subscription_changed(&name, self.index, -1);
+            self.handle.broker().leave(&name, self.index);
         }
         if let Some((moved, pos)) = self.topics.unsubscribe(sub) {
             if let Some(mc) = self.conns.get_mut(moved) {
@@ -610,21 +615,29 @@ impl Core {
         }
     }
 
-    pub(crate) fn publish(&mut self, topic: &str, frame: super::hub::Frame) {
+    /// Deliver a publication to this worker's subscribers of its channel.
+    pub(crate) fn publish(&mut self, p: &Publication) {
         self.stats.publications_total += 1;
-        let Some(id) = self.topics.id(topic) else {
+        let Some(id) = self.topics.id(&p.channel) else {
             return;
         };
-        let f: LocalFrame = Rc::new(frame.into_shared());
-        let max = self.cfg.max_buffered;
+        let conns = &mut self.conns;
+        self.topics.deliver(id, p.seq, |key, pos| {
+            if let Some(c) = conns.get_mut(key) {
+                if let Some(s) = c.subs.iter_mut().find(|s| s.topic == id) {
+                    s.pos = pos;
+                }
+            }
+        });
+        let f: LocalFrame = Rc::new(p.frame().clone().into_shared());
         let mut q = Queues {
             dirty: &mut self.dirty,
             pool: &mut self.pool,
             stats: &mut self.stats,
-            max_buffered: max,
+            max_buffered: self.cfg.max_buffered,
         };
         for &key in self.topics.subscribers(id) {
-            if let Some(c) = self.conns.get_mut(key as usize) {
+            if let Some(c) = conns.get_mut(key as usize) {
                 push_frame(c, key as usize, &f, &mut q);
             }
         }

@@ -33,6 +33,8 @@ const LISTENER: Token = Token(usize::MAX - 2);
 const MAX_READS_PER_EVENT: usize = 16;
 /// How long accepting pauses after EMFILE/ENFILE.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How often worker 0 runs the broker's upkeep (history expiry).
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 /// Slab keys must fit the 24 bits a [`ConnId`] gives them.
 const MAX_KEY: usize = 0xff_ffff;
 
@@ -114,6 +116,7 @@ impl<H: Handler> Worker<H> {
             accept_paused_until: None,
             last_accept_warning: None,
             drain_deadline: None,
+            last_upkeep: Instant::now(),
         };
         lp.run(&mut poll, &rx, &stats)
     }
@@ -129,6 +132,7 @@ struct Loop<H: Handler> {
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
     drain_deadline: Option<Instant>,
+    last_upkeep: Instant,
 }
 
 /// What a read loop does after handing over one read.
@@ -164,6 +168,10 @@ impl<H: Handler> Loop<H> {
                 }
             };
             sooner(self.accept_paused_until);
+            if self.core.index == 0 {
+                // Worker 0 runs the broker's upkeep about once a second.
+                sooner(Some(self.last_upkeep + UPKEEP_EVERY));
+            }
             sooner(self.drain_deadline);
             if !self.core.pending_reads.is_empty() {
                 timeout = Some(Duration::ZERO);
@@ -204,6 +212,11 @@ impl<H: Handler> Loop<H> {
             self.core.handle.hub().clear_notified(self.core.index);
             while let Ok(cmd) = rx.try_recv() {
                 self.command(cmd);
+            }
+
+            if self.core.index == 0 && self.core.now >= self.last_upkeep + UPKEEP_EVERY {
+                self.last_upkeep = self.core.now;
+                self.core.handle.broker().maintain();
             }
 
             self.core.timers.expire(self.core.ms, &mut expired);
@@ -451,7 +464,7 @@ impl<H: Handler> Loop<H> {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Broadcast(frame) => self.core.broadcast(frame),
-            Command::Publish(topic, frame) => self.core.publish(&topic, frame),
+            Command::Publish(p) => self.core.publish(&p),
             Command::Send(id, frame) => {
                 if let Some(key) = self.core.lookup(id) {
                     let f: LocalFrame = Rc::new(frame.into_shared());
