@@ -149,6 +149,9 @@ struct SessionExtra {
     user: Option<Arc<str>>,
     /// The token, when it has a `channels` claim.
     allowed: Option<auth::Claims>,
+    /// The token's `exp` (seconds since the Unix epoch): at that time the
+    /// connection is closed with 3000 unless a refresh moved it.
+    exp: Option<u64>,
     /// Channels from the query string, subscribed on open (with the
     /// position to resume after, from `since=`).
     initial: Vec<(String, Option<Position>)>,
@@ -173,6 +176,21 @@ impl Session {
     fn user(&self) -> Option<&str> {
         self.extra.as_ref().and_then(|e| e.user.as_deref())
     }
+
+    /// When the token expires, if it does.
+    fn exp(&self) -> Option<u64> {
+        self.extra.as_ref().and_then(|e| e.exp)
+    }
+}
+
+/// Close code for a token that expired without a refresh (IANA: Unauthorized).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 3000;
+
+/// Arm the expiry check of a connection whose token expires at `exp`.
+fn arm_expiry(ctx: &mut Context<'_>, exp: u64) {
+    ctx.set_timer(std::time::Duration::from_secs(
+        exp.saturating_sub(unix_now()),
+    ));
 }
 
 /// Whether the route takes WebSocket upgrades.
@@ -302,6 +320,46 @@ impl PushService {
         }
     }
 
+    /// A fresh token for the same user: it replaces the old one's expiry
+    /// and channel allowance; subscriptions it no longer allows end.
+    fn refresh(&self, s: &mut Session, token: &str, ctx: &mut Context<'_>, id: Option<&str>) {
+        let Some(secret) = &self.shared.cfg.jwt_secret else {
+            return self.strike(
+                s,
+                ctx,
+                "tokens_disabled",
+                "this server does not use tokens",
+                id,
+            );
+        };
+        let claims = match auth::verify_hs256(token, secret, unix_now()) {
+            Ok(c) => c,
+            Err(e) => return self.strike(s, ctx, "invalid_token", e.message(), id),
+        };
+        if claims.sub.as_deref() != s.user() {
+            return self.strike(s, ctx, "forbidden", "the new token is for another user", id);
+        }
+        let exp = claims.exp;
+        let extra = s.extra.get_or_insert_with(Default::default);
+        extra.exp = exp;
+        extra.allowed = claims.channels.is_some().then_some(claims);
+        let own = s.user().map(user_topic);
+        for topic in ctx.topics() {
+            if Some(&*topic) == own.as_deref() || topic.starts_with('#') || s.allows(&topic) {
+                continue;
+            }
+            ctx.unsubscribe(&topic);
+            ctx.send_text(&envelope::unsubscribed_by_server(
+                &topic,
+                "the refreshed token does not allow this channel",
+            ));
+        }
+        if let Some(exp) = exp {
+            arm_expiry(ctx, exp);
+        }
+        ctx.send_text(&envelope::reply_refreshed(exp, id));
+    }
+
     fn control(&self, s: &mut Session, text: &str, ctx: &mut Context<'_>) {
         let parsed = envelope::parse(text);
         let id = parsed.id.as_deref();
@@ -318,7 +376,7 @@ impl PushService {
             }
         }
         let refusal = match &control {
-            Control::Ping => None,
+            Control::Ping | Control::Refresh(_) => None,
             Control::Subscribe(ch, _) if !s.allows(ch) => {
                 Some(("forbidden", "the token does not allow this channel"))
             }
@@ -337,6 +395,7 @@ impl PushService {
         }
         match control {
             Control::Ping => ctx.send_text(&envelope::reply_pong(id)),
+            Control::Refresh(token) => self.refresh(s, &token, ctx, id),
             Control::Subscribe(ch, since) => {
                 if !subscribe(ctx, &ch, since, id) {
                     // Harmless (no strike); the subscription goes on as it was.
@@ -424,14 +483,17 @@ impl Handler for PushService {
             .as_ref()
             .and_then(|c| c.sub.as_deref())
             .map(Arc::from);
+        let exp = claims.as_ref().and_then(|c| c.exp);
         let allowed = claims.filter(|c| c.channels.is_some());
-        let extra = (user.is_some() || allowed.is_some() || !initial.is_empty()).then(|| {
-            Box::new(SessionExtra {
-                user,
-                allowed,
-                initial,
-            })
-        });
+        let extra = (user.is_some() || allowed.is_some() || exp.is_some() || !initial.is_empty())
+            .then(|| {
+                Box::new(SessionExtra {
+                    user,
+                    allowed,
+                    exp,
+                    initial,
+                })
+            });
         Ok(Session {
             kind,
             extra,
@@ -498,9 +560,12 @@ impl Handler for PushService {
                 for (ch, since) in initial {
                     subscribe(ctx, &ch, since, None);
                 }
+                if let Some(exp) = s.exp() {
+                    arm_expiry(ctx, exp);
+                }
                 if s.extra
                     .as_ref()
-                    .is_some_and(|e| e.user.is_none() && e.allowed.is_none())
+                    .is_some_and(|e| e.user.is_none() && e.allowed.is_none() && e.exp.is_none())
                 {
                     s.extra = None;
                 }
@@ -528,6 +593,21 @@ impl Handler for PushService {
             ),
             _ => {}
         }
+    }
+
+    fn on_timer(&mut self, s: &mut Session, ctx: &mut Context<'_>) {
+        let Some(exp) = s.exp() else { return };
+        if unix_now() < exp {
+            // A refresh moved the expiry (or the timer was capped): wait on.
+            return arm_expiry(ctx, exp);
+        }
+        log::debug!("conn {}: token expired", ctx.id());
+        ctx.send_text(&envelope::reply_error(
+            "token_expired",
+            "the token expired; reconnect with a fresh one",
+            None,
+        ));
+        ctx.close(CLOSE_TOKEN_EXPIRED, "token expired");
     }
 
     fn on_close(&mut self, s: &mut Session, _: CloseReason, ctx: &mut Context<'_>) {

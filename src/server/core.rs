@@ -364,6 +364,26 @@ impl Core {
         true
     }
 
+    /// Arm an application timer for an open connection.
+    pub(crate) fn set_timer(&mut self, key: usize, after: Duration) {
+        let at = self.after(after);
+        if let Some(c) = self.conns.get(key) {
+            if c.phase == Phase::Open {
+                self.timers.add(TimerKind::App, at, key, c.generation);
+            }
+        }
+    }
+
+    /// Names of the topics a connection is subscribed to.
+    pub(crate) fn topics_of(&self, key: usize) -> Vec<Arc<str>> {
+        self.conns.get(key).map_or_else(Vec::new, |c| {
+            c.subs
+                .iter()
+                .filter_map(|s| self.topics.name(s.topic))
+                .collect()
+        })
+    }
+
     pub(crate) fn subscription_count(&self, key: usize) -> usize {
         self.conns.get(key).map(|c| c.subs.len()).unwrap_or(0)
     }

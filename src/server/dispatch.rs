@@ -7,6 +7,7 @@ use super::conn::{HttpState, Phase, CLOSE_DONE, UPGRADED};
 use super::core::{Cause, Core};
 use super::handler::{CloseReason, ConnInfo, Context, Handler};
 use super::hub::ConnId;
+use super::timers::Entry;
 use crate::protocol::{encode, handshake, HttpError, Message, OpCode};
 
 /// The application side: the handler and each connection's state.
@@ -128,6 +129,22 @@ impl<H: Handler> App<H> {
                 self.process_ws(core, key, &mut rest[off + consumed..]);
             }
             return;
+        }
+    }
+
+    /// An application timer came due: call the handler if its connection
+    /// is still the one that set it and still open.
+    pub(crate) fn timer(&mut self, core: &mut Core, e: Entry) {
+        let key = e.key as usize;
+        match core.conns.get(key) {
+            Some(c) if c.generation == e.generation && c.phase == Phase::Open => {}
+            _ => return,
+        }
+        let id = core.id_of(key);
+        if let Some(mut st) = self.state_slot(key).take() {
+            self.handler
+                .on_timer(&mut st, &mut Context { core, key, id });
+            *self.state_slot(key) = Some(st);
         }
     }
 

@@ -88,6 +88,12 @@ pub trait Handler: Send + 'static {
         let _ = (conn, msg, ctx);
     }
 
+    /// A deadline set with [`Context::set_timer`] came due (one call per
+    /// `set_timer`; check what is due yourself, e.g. after a deadline moved).
+    fn on_timer(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
+        let _ = (conn, ctx);
+    }
+
     /// The connection has ended; it can no longer be sent to.
     fn on_close(&mut self, conn: &mut Self::Conn, reason: CloseReason, ctx: &mut Context<'_>) {
         let _ = (conn, reason, ctx);
@@ -208,6 +214,17 @@ impl Context<'_> {
     /// Unsubscribe this connection from `topic`. False if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
         self.core.unsubscribe(self.key, topic)
+    }
+
+    /// Call [`Handler::on_timer`] for this connection after `after`
+    /// (durations past 24 days fire at 24 days: check and set again).
+    pub fn set_timer(&mut self, after: std::time::Duration) {
+        self.core.set_timer(self.key, after);
+    }
+
+    /// The topics this connection is subscribed to.
+    pub fn topics(&self) -> Vec<std::sync::Arc<str>> {
+        self.core.topics_of(self.key)
     }
 
     /// Number of topics this connection is subscribed to.

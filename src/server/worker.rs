@@ -221,7 +221,11 @@ impl<H: Handler> Loop<H> {
 
             self.core.timers.expire(self.core.ms, &mut expired);
             for e in expired.drain(..) {
-                self.core.expire(e);
+                if e.kind == TimerKind::App {
+                    self.app.timer(&mut self.core, e);
+                } else {
+                    self.core.expire(e);
+                }
             }
 
             // Flush, reap, and take the commands this worker posted to itself
