@@ -516,7 +516,19 @@ impl Handler for PushService {
                 .header("Cache-Control", "no-cache")
                 .header("X-Content-Type-Options", "nosniff")
                 .header("Content-Security-Policy", PAGE_CSP),
-            ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
+            ("GET" | "HEAD", "/healthz") => {
+                let (open, max) = self.handle.capacity();
+                if open >= max {
+                    Response::text(
+                        503,
+                        format!(
+                            "full: {open} of --max-connections {max} WebSocket connections held\n"
+                        ),
+                    )
+                } else {
+                    Response::text(200, "ok\n")
+                }
+            }
             (_, p) if ws_kind(p).is_some() => Response::text(
                 426,
                 "this endpoint speaks WebSocket: send an Upgrade request\n",
@@ -525,6 +537,13 @@ impl Handler for PushService {
             .header("Sec-WebSocket-Version", "13"),
             _ => Response::not_found(),
         }
+    }
+
+    fn on_request_head(&mut self, req: &Request<'_>, info: &ConnInfo<'_>) -> Option<Response> {
+        if self.api_only || self.shared.cfg.api_on_main {
+            return api::refuse_early(self, req, info);
+        }
+        None
     }
 
     fn on_refuse(&mut self, err: HttpError) -> Response {

@@ -7,6 +7,7 @@ use super::conn::{HttpState, Phase, CLOSE_DONE, UPGRADED};
 use super::core::{Cause, Core};
 use super::handler::{CloseReason, ConnInfo, Context, Handler};
 use super::hub::ConnId;
+use super::response::Response;
 use super::timers::Entry;
 use crate::protocol::{encode, handshake, HttpError, Message, OpCode};
 
@@ -42,6 +43,24 @@ impl<H: Handler> App<H> {
             let (req, consumed) = match hs.parser.parse(&cfg.http, &hs.buf[off..]) {
                 Ok(Some(done)) => done,
                 Ok(None) => {
+                    if !hs.head_checked {
+                        if let Some(req) = hs.parser.awaiting_body(&cfg.http, &hs.buf[off..]) {
+                            hs.head_checked = true;
+                            let info = ConnInfo {
+                                id: core.id_of(key),
+                                peer: Some(hs.peer),
+                                protocol: None,
+                            };
+                            if let Some(resp) = self.handler.on_request_head(&req, &info) {
+                                log::debug!(
+                                    "conn {}: request refused on its head: {}",
+                                    info.id,
+                                    resp.status
+                                );
+                                return core.respond(key, &resp, true);
+                            }
+                        }
+                    }
                     hs.buf.drain(..off);
                     if let Some(c) = core.conns.get_mut(key) {
                         c.http = Some(hs);
@@ -69,6 +88,7 @@ impl<H: Handler> App<H> {
                 }
                 off += consumed;
                 hs.parser.reset();
+                hs.head_checked = false;
                 // The deadline moves; the timer entry re-arms itself when it fires.
                 hs.deadline = core.after(cfg.handshake_timeout);
                 if core.paused(key) {
@@ -82,6 +102,12 @@ impl<H: Handler> App<H> {
                     return;
                 }
                 continue;
+            }
+            if hs.reserve.is_some() {
+                // Accepted over the limit for plain HTTP only.
+                log::debug!("conn {id}: upgrade refused: at --max-connections");
+                let resp = Response::text(503, "server at connection limit\n");
+                return core.respond(key, &resp, true);
             }
             let acc = match handshake::validate(&req, &cfg.handshake) {
                 Ok(acc) => acc,

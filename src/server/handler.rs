@@ -69,6 +69,15 @@ pub trait Handler: Send + 'static {
         Response::not_found()
     }
 
+    /// The head of a plain HTTP request has arrived and its body is still
+    /// coming: return a response to refuse it without reading the body
+    /// (e.g. 401 for a missing key), `None` to wait for the body. Default:
+    /// `None`.
+    fn on_request_head(&mut self, req: &Request<'_>, info: &ConnInfo<'_>) -> Option<Response> {
+        let _ = (req, info);
+        None
+    }
+
     /// The response for a request refused before the handler saw it
     /// (malformed, too large, failed RFC 6455 checks). Default: the status
     /// with a one-line plain-text reason.
