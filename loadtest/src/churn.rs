@@ -442,6 +442,17 @@ impl Worker {
                 .min(end.saturating_sub(now));
             self.turn(timeout);
         }
+        // Publications due before the end that a late wake-up missed: the
+        // run publishes exactly ceil(duration × rate).
+        if let Some(h) = self.http.as_mut() {
+            let now = now_ns();
+            while go + tick * tick_ns < end {
+                let ch = (tick % cfg.channels.len() as u64) as u32;
+                h.queue(ch, now, &mut self.cx);
+                tick += 1;
+            }
+            h.flush(&mut self.cx);
+        }
         // Drain: the publisher's answers, then every subscriber at the last seqs.
         let mut marked = false;
         while !sh.stop.load(SeqCst) {
