@@ -1003,6 +1003,8 @@ fn on_bytes(s: &mut Sub, i: usize, data: &mut [u8], cx: &mut Cx) {
                         masked_frame_into(&mut s.wbuf, true, OpCode::Text, m.as_bytes(), key);
                     }
                 }
+                // Replies that came before the welcome count too.
+                maybe_live(s, cx, now);
             }
             Ev::Subscribed(r) => {
                 let Some(c) = s.chans.iter_mut().find(|c| c.ch == r.ch) else {
@@ -1013,19 +1015,7 @@ fn on_bytes(s: &mut Sub, i: usize, data: &mut [u8], cx: &mut Cx) {
                 }
                 c.acked = true;
                 subscribed(c, r, &mut cx.c);
-                if s.st == St::Subscribing && s.chans.iter().all(|c| c.acked) {
-                    s.st = St::Live;
-                    s.attempts = 0;
-                    cx.in_progress -= 1;
-                    cx.live += 1;
-                    if s.dropped_at != 0 {
-                        cx.c.reconnects += 1;
-                        if let Some(h) = cx.c.resume.as_mut() {
-                            record(h, now.saturating_sub(s.dropped_at));
-                        }
-                        s.dropped_at = 0;
-                    }
-                }
+                maybe_live(s, cx, now);
             }
             Ev::Error(why) => bump(&mut cx.c.protocol_errors, why),
             Ev::Ping { buf, len } if s.st != St::Closing => {
@@ -1047,6 +1037,24 @@ fn on_bytes(s: &mut Sub, i: usize, data: &mut [u8], cx: &mut Cx) {
             }
             Ev::Other => {}
         }
+    }
+}
+
+/// Live once the welcome and every `subscribed` reply are in.
+fn maybe_live(s: &mut Sub, cx: &mut Cx, now: u64) {
+    if s.st != St::Subscribing || !s.chans.iter().all(|c| c.acked) {
+        return;
+    }
+    s.st = St::Live;
+    s.attempts = 0;
+    cx.in_progress -= 1;
+    cx.live += 1;
+    if s.dropped_at != 0 {
+        cx.c.reconnects += 1;
+        if let Some(h) = cx.c.resume.as_mut() {
+            record(h, now.saturating_sub(s.dropped_at));
+        }
+        s.dropped_at = 0;
     }
 }
 
