@@ -392,6 +392,8 @@ fn churn_fake(mode: fake::Resume) -> (i32, Value) {
         "--subscribers",
         "20",
         "--channels",
+        "3",
+        "--channels-per-sub",
         "2",
         "--rate",
         "200",
@@ -411,10 +413,10 @@ fn churn_against_a_faithful_fake_is_exact() {
     let (code, v) = churn_fake(fake::Resume::Exact);
     assert_eq!(code, 0, "{v:#}");
     assert_exact(&v);
-    // 2 rounds of 5 drops, 1 channel each.
+    // 2 rounds of 5 drops, each resuming 2 channels in one request.
     assert_eq!(u(&v, "reconnects"), 10, "{v:#}");
-    assert_eq!(u(&v, "recovered_true"), 10, "{v:#}");
-    assert_eq!(v["last_seqs"], serde_json::json!([250, 250]));
+    assert_eq!(u(&v, "recovered_true"), 20, "{v:#}");
+    assert_eq!(v["last_seqs"], serde_json::json!([167, 167, 166]));
 }
 
 #[test]
@@ -423,7 +425,7 @@ fn churn_counts_a_push_skipped_on_resume_as_missing() {
     assert_eq!(code, 1, "{v:#}");
     // One push lost per resume that had something to replay.
     let m = u(&v, "missing");
-    assert!((1..=10).contains(&m), "{v:#}");
+    assert!((1..=20).contains(&m), "{v:#}");
     assert_eq!(u(&v, "delivered") + m, u(&v, "expected"), "{v:#}");
     assert_eq!(u(&v, "duplicated"), 0, "{v:#}");
     assert_eq!(u(&v, "out_of_order"), 0, "{v:#}");
@@ -433,7 +435,7 @@ fn churn_counts_a_push_skipped_on_resume_as_missing() {
 fn churn_counts_a_push_repeated_on_resume_as_duplicated() {
     let (code, v) = churn_fake(fake::Resume::RepeatOne);
     assert_eq!(code, 1, "{v:#}");
-    assert_eq!(u(&v, "duplicated"), 10, "{v:#}");
+    assert_eq!(u(&v, "duplicated"), 20, "{v:#}");
     assert_eq!(u(&v, "missing"), 0, "{v:#}");
     assert_eq!(u(&v, "delivered"), u(&v, "expected"), "{v:#}");
 }
@@ -443,9 +445,12 @@ fn churn_excuses_gaps_announced_by_recovered_false() {
     let (code, v) = churn_fake(fake::Resume::Refuse);
     assert_eq!(code, 0, "{v:#}");
     assert_exact(&v);
-    assert_eq!(u(&v, "recovered_false"), 10, "{v:#}");
+    assert_eq!(u(&v, "recovered_false"), 20, "{v:#}");
     assert_eq!(u(&v, "recovered_true"), 0, "{v:#}");
     // What the subscribers missed while away is excused, not expected:
-    // expected + excused = what 20 subscribers present throughout would owe.
-    assert_eq!(u(&v, "expected") + u(&v, "excused"), 20 * 250, "{v:#}");
+    // expected + excused = what 20 subscribers present throughout would
+    // owe (subscriber i holds channels i and i+1 mod 3, from seq 0).
+    let last = [167, 167, 166];
+    let owed: u64 = (0..20).map(|i| last[i % 3] + last[(i + 1) % 3]).sum();
+    assert_eq!(u(&v, "expected") + u(&v, "excused"), owed, "{v:#}");
 }
