@@ -1387,6 +1387,9 @@ pub fn main(a: &Args) -> i32 {
     let server = a.server_pid;
     let cpu0 = stats::self_cpu_s();
     let scpu0 = server.and_then(stats::proc_cpu_s);
+    let me = std::process::id();
+    let wait0 = stats::proc_runq_wait_s(me).unwrap_or(0.0);
+    let swait0 = server.and_then(stats::proc_runq_wait_s);
     let go = now_ns();
     sh.go_ns.store(go, SeqCst);
     let end = go + cfg.duration_ns;
@@ -1402,6 +1405,8 @@ pub fn main(a: &Args) -> i32 {
     let drained = now_ns();
     let cpu1 = stats::self_cpu_s();
     let scpu1 = server.and_then(stats::proc_cpu_s);
+    let wait1 = stats::proc_runq_wait_s(me).unwrap_or(0.0);
+    let swait1 = server.and_then(stats::proc_runq_wait_s);
     sh.stop.store(true, SeqCst);
     let mut c = Counts::new();
     for h in handles {
@@ -1477,9 +1482,17 @@ pub fn main(a: &Args) -> i32 {
         json!(r3(stats::self_cpu_s() - cpu_start)),
     );
     o.set("client_cpu_util", json!(r3((cpu1 - cpu0) / measured)));
+    let per = |cpu: f64| r3(cpu * 1e6 / c.received.max(1) as f64);
+    o.set("client_cpu_us_per_push", json!(per(cpu1 - cpu0)));
+    // Runnable but waiting for a core (a shared machine), over go → drained.
+    o.set("client_runq_wait_s", json!(r3(wait1 - wait0)));
     if let (Some(s0), Some(s1)) = (scpu0, scpu1) {
         o.set("server_cpu_s", json!(r3(s1 - s0)));
         o.set("server_cpu_util", json!(r3((s1 - s0) / measured)));
+        o.set("server_cpu_us_per_push", json!(per(s1 - s0)));
+    }
+    if let (Some(w0), Some(w1)) = (swait0, swait1) {
+        o.set("server_runq_wait_s", json!(r3(w1 - w0)));
     }
     let errors = missing
         + c.duplicated
