@@ -70,6 +70,9 @@ pub struct ChurnConfig {
     connect_deadline_ns: u64,
     threads: usize,
     sources: u32,
+    /// Resume with `{"op":"subscribe","since":…}` after the welcome
+    /// instead of `?since=` in the upgrade request.
+    resume_op: bool,
 }
 
 fn build(a: &Args) -> Result<ChurnConfig, String> {
@@ -126,6 +129,7 @@ fn build(a: &Args) -> Result<ChurnConfig, String> {
         connect_deadline_ns: (a.connect_deadline * 1e9) as u64,
         threads,
         sources: a.sources,
+        resume_op: a.resume_op,
     })
 }
 
@@ -759,6 +763,9 @@ fn short(e: &io::Error) -> String {
 /// position; the others are subscribed after the welcome.
 fn upgrade_path(s: &Sub, cfg: &ChurnConfig) -> String {
     let mut p = cfg.path.clone();
+    if cfg.resume_op {
+        return p;
+    }
     let mut sep = '?';
     for c in &s.chans {
         if let (true, Some(e)) = (c.started, c.epoch.as_deref()) {
@@ -994,14 +1001,18 @@ fn on_bytes(s: &mut Sub, i: usize, data: &mut [u8], cx: &mut Cx) {
                 }
                 s.st = St::Subscribing;
                 for c in &s.chans {
-                    if !(c.started && c.epoch.is_some()) {
-                        let m = format!(
-                            "{{\"op\":\"subscribe\",\"channel\":\"{}\"}}",
-                            cx.cfg.channels[c.ch as usize]
-                        );
-                        let key = cx.rng.key();
-                        masked_frame_into(&mut s.wbuf, true, OpCode::Text, m.as_bytes(), key);
-                    }
+                    let name = &cx.cfg.channels[c.ch as usize];
+                    let m = match (c.started, c.epoch.as_deref()) {
+                        // Resumed in the upgrade request.
+                        (true, Some(_)) if !cx.cfg.resume_op => continue,
+                        (true, Some(e)) => format!(
+                            "{{\"op\":\"subscribe\",\"channel\":\"{name}\",\"since\":{{\"seq\":{},\"epoch\":\"{e}\"}}}}",
+                            c.next - 1
+                        ),
+                        _ => format!("{{\"op\":\"subscribe\",\"channel\":\"{name}\"}}"),
+                    };
+                    let key = cx.rng.key();
+                    masked_frame_into(&mut s.wbuf, true, OpCode::Text, m.as_bytes(), key);
                 }
                 // Replies that came before the welcome count too.
                 maybe_live(s, cx, now);

@@ -131,6 +131,10 @@ pub struct Args {
     /// Churn: seconds between two rounds of drops.
     #[arg(long, default_value_t = 1.0)]
     pub drop_interval: f64,
+    /// Churn: resume with a subscribe message carrying `since` after the
+    /// welcome, instead of `?since=CHANNEL:SEQ:EPOCH` in the upgrade request.
+    #[arg(long)]
+    pub resume_op: bool,
     /// Internal: index of this child process (set by --procs).
     #[arg(long, hide = true)]
     pub child_index: Option<u32>,

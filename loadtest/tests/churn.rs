@@ -258,35 +258,8 @@ mod fake {
             };
             let mut it = v.rsplitn(3, ':');
             let (epoch, n, ch) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
-            let n: usize = n.parse().unwrap();
             assert_eq!(epoch, EPOCH);
-            let hist = g.history.entry(ch.to_string()).or_default().clone();
-            let cur = hist.len();
-            if mode == Resume::Refuse {
-                text(
-                    &mut s,
-                    &format!(
-                        r#"{{"op":"subscribed","channel":"{ch}","seq":{cur},"epoch":"{EPOCH}","recovered":false}}"#
-                    ),
-                )?;
-            } else {
-                text(
-                    &mut s,
-                    &format!(
-                        r#"{{"op":"subscribed","channel":"{ch}","seq":{cur},"epoch":"{EPOCH}","recovered":true}}"#
-                    ),
-                )?;
-                let from = match mode {
-                    Resume::SkipOne => n + 1,
-                    Resume::RepeatOne => n.saturating_sub(1),
-                    _ => n,
-                };
-                for f in hist.iter().skip(from) {
-                    s.write_all(f)?;
-                }
-            }
-            let w = s.try_clone()?;
-            g.subs.push((id, ch.to_string(), w));
+            resume(&mut g, &mut s, id, ch, n.parse().unwrap(), mode)?;
         }
         drop(g);
         let cfg = DecoderConfig::for_role(Role::Server);
@@ -307,6 +280,11 @@ mod fake {
                         assert_eq!(v["op"], "subscribe");
                         let ch = v["channel"].as_str().unwrap().to_string();
                         let mut g = st.lock().unwrap();
+                        if let Some(n) = v["since"]["seq"].as_u64() {
+                            assert_eq!(v["since"]["epoch"], EPOCH);
+                            resume(&mut g, &mut s, id, &ch, n as usize, mode)?;
+                            continue;
+                        }
                         let cur = g.history.entry(ch.clone()).or_default().len();
                         text(
                             &mut s,
@@ -333,6 +311,39 @@ mod fake {
         };
         st.lock().unwrap().subs.retain(|x| x.0 != id);
         result
+    }
+
+    /// Resume `ch` from seq `n` the way `mode` says, then subscribe.
+    fn resume(
+        g: &mut State,
+        s: &mut TcpStream,
+        id: u64,
+        ch: &str,
+        n: usize,
+        mode: Resume,
+    ) -> std::io::Result<()> {
+        let hist = g.history.entry(ch.to_string()).or_default().clone();
+        let cur = hist.len();
+        let ok = mode != Resume::Refuse;
+        text(
+            s,
+            &format!(
+                r#"{{"op":"subscribed","channel":"{ch}","seq":{cur},"epoch":"{EPOCH}","recovered":{ok}}}"#
+            ),
+        )?;
+        if ok {
+            let from = match mode {
+                Resume::SkipOne => n + 1,
+                Resume::RepeatOne => n.saturating_sub(1),
+                _ => n,
+            };
+            for f in hist.iter().skip(from) {
+                s.write_all(f)?;
+            }
+        }
+        let w = s.try_clone()?;
+        g.subs.push((id, ch.to_string(), w));
+        Ok(())
     }
 
     /// `POST /publish/CH` (keep-alive): a seq, the push to every subscriber.
@@ -382,10 +393,10 @@ mod fake {
     }
 }
 
-fn churn_fake(mode: fake::Resume) -> (i32, Value) {
+fn churn_fake(mode: fake::Resume, extra: &[&str]) -> (i32, Value) {
     let f = fake::Fake::start(mode);
     let url = format!("ws://127.0.0.1:{}/ws", f.port);
-    wsload(&[
+    let mut args = vec![
         "churn",
         "--url",
         &url,
@@ -405,23 +416,28 @@ fn churn_fake(mode: fake::Resume) -> (i32, Value) {
         "0.5",
         "--drain",
         "2",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    wsload(&args)
 }
 
 #[test]
 fn churn_against_a_faithful_fake_is_exact() {
-    let (code, v) = churn_fake(fake::Resume::Exact);
-    assert_eq!(code, 0, "{v:#}");
-    assert_exact(&v);
-    // 2 rounds of 5 drops, each resuming 2 channels in one request.
-    assert_eq!(u(&v, "reconnects"), 10, "{v:#}");
-    assert_eq!(u(&v, "recovered_true"), 20, "{v:#}");
-    assert_eq!(v["last_seqs"], serde_json::json!([167, 167, 166]));
+    // Resumed in the upgrade request, then by subscribe messages.
+    for extra in [&[][..], &["--resume-op"][..]] {
+        let (code, v) = churn_fake(fake::Resume::Exact, extra);
+        assert_eq!(code, 0, "{v:#}");
+        assert_exact(&v);
+        // 2 rounds of 5 drops, each resuming 2 channels.
+        assert_eq!(u(&v, "reconnects"), 10, "{v:#}");
+        assert_eq!(u(&v, "recovered_true"), 20, "{v:#}");
+        assert_eq!(v["last_seqs"], serde_json::json!([167, 167, 166]));
+    }
 }
 
 #[test]
 fn churn_counts_a_push_skipped_on_resume_as_missing() {
-    let (code, v) = churn_fake(fake::Resume::SkipOne);
+    let (code, v) = churn_fake(fake::Resume::SkipOne, &[]);
     assert_eq!(code, 1, "{v:#}");
     // One push lost per resume that had something to replay.
     let m = u(&v, "missing");
@@ -433,7 +449,7 @@ fn churn_counts_a_push_skipped_on_resume_as_missing() {
 
 #[test]
 fn churn_counts_a_push_repeated_on_resume_as_duplicated() {
-    let (code, v) = churn_fake(fake::Resume::RepeatOne);
+    let (code, v) = churn_fake(fake::Resume::RepeatOne, &["--resume-op"]);
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(u(&v, "duplicated"), 20, "{v:#}");
     assert_eq!(u(&v, "missing"), 0, "{v:#}");
@@ -442,7 +458,7 @@ fn churn_counts_a_push_repeated_on_resume_as_duplicated() {
 
 #[test]
 fn churn_excuses_gaps_announced_by_recovered_false() {
-    let (code, v) = churn_fake(fake::Resume::Refuse);
+    let (code, v) = churn_fake(fake::Resume::Refuse, &[]);
     assert_eq!(code, 0, "{v:#}");
     assert_exact(&v);
     assert_eq!(u(&v, "recovered_false"), 20, "{v:#}");
