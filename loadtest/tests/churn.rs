@@ -65,9 +65,10 @@ fn churn_resumes_every_dropped_subscriber_without_loss() {
     assert_eq!(u(&v, "live_at_start"), 200, "{v:#}");
     assert_eq!(u(&v, "published"), 1000, "{v:#}");
     assert_eq!(u(&v, "publish_ok"), 1000, "{v:#}");
-    // 4 rounds of 40 drops, both kinds; every one came back.
+    // 4 rounds of (up to, if a round finds some still resuming) 40
+    // drops, both kinds; every one came back.
     let drops = u(&v, "drops_close") + u(&v, "drops_reset");
-    assert_eq!(drops, 160, "{v:#}");
+    assert!((80..=160).contains(&drops), "{v:#}");
     assert!(
         u(&v, "drops_close") > 0 && u(&v, "drops_reset") > 0,
         "{v:#}"
@@ -102,7 +103,7 @@ fn churn_without_history_counts_announced_gaps_only() {
     assert_eq!(code, 0, "{v:#}");
     assert_exact(&v);
     let drops = u(&v, "drops_close") + u(&v, "drops_reset");
-    assert_eq!(drops, 20, "{v:#}");
+    assert!((10..=20).contains(&drops), "{v:#}");
     // A resume with nothing published since is complete even without
     // history, so the server may say recovered:true to some.
     assert!(u(&v, "recovered_false") > 0, "{v:#}");
@@ -429,8 +430,10 @@ fn churn_against_a_faithful_fake_is_exact() {
         assert_eq!(code, 0, "{v:#}");
         assert_exact(&v);
         // 2 rounds of 5 drops, each resuming 2 channels.
-        assert_eq!(u(&v, "reconnects"), 10, "{v:#}");
-        assert_eq!(u(&v, "recovered_true"), 20, "{v:#}");
+        let drops = u(&v, "drops_close") + u(&v, "drops_reset");
+        assert!((5..=10).contains(&drops), "{v:#}");
+        assert_eq!(u(&v, "reconnects"), drops, "{v:#}");
+        assert_eq!(u(&v, "recovered_true"), 2 * drops, "{v:#}");
         assert_eq!(v["last_seqs"], serde_json::json!([167, 167, 166]));
     }
 }
@@ -451,7 +454,9 @@ fn churn_counts_a_push_skipped_on_resume_as_missing() {
 fn churn_counts_a_push_repeated_on_resume_as_duplicated() {
     let (code, v) = churn_fake(fake::Resume::RepeatOne, &["--resume-op"]);
     assert_eq!(code, 1, "{v:#}");
-    assert_eq!(u(&v, "duplicated"), 20, "{v:#}");
+    // One repeat per resumed channel.
+    assert_eq!(u(&v, "duplicated"), 2 * u(&v, "reconnects"), "{v:#}");
+    assert!(u(&v, "reconnects") >= 5, "{v:#}");
     assert_eq!(u(&v, "missing"), 0, "{v:#}");
     assert_eq!(u(&v, "delivered"), u(&v, "expected"), "{v:#}");
 }
@@ -461,7 +466,8 @@ fn churn_excuses_gaps_announced_by_recovered_false() {
     let (code, v) = churn_fake(fake::Resume::Refuse, &[]);
     assert_eq!(code, 0, "{v:#}");
     assert_exact(&v);
-    assert_eq!(u(&v, "recovered_false"), 20, "{v:#}");
+    assert_eq!(u(&v, "recovered_false"), 2 * u(&v, "reconnects"), "{v:#}");
+    assert!(u(&v, "reconnects") >= 5, "{v:#}");
     assert_eq!(u(&v, "recovered_true"), 0, "{v:#}");
     // What the subscribers missed while away is excused, not expected:
     // expected + excused = what 20 subscribers present throughout would
