@@ -29,6 +29,7 @@
  *                              resolves with {exp}; later connections use it too
  *   subscriptions()            [{channel, state, seq, epoch}], state "subscribing"|"subscribed"
  *   on(event, fn) / off(event, fn)
+ *   WsPush.validChannel(name)  whether the server accepts this channel name
  * Properties: state, connectionId, user, active (connect() in force), stats
  *   ({duplicates, gaps, reconnects}).
  *
