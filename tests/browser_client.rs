@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use browser_support::{api_delete, api_post, chromium_or_skip, Cdp, Chromium, Env};
 use common::{raw_exchange, status_of, Daemon};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// How many times the server drops the page's connection.
 const DROPS: usize = 6;
@@ -314,8 +314,11 @@ fn client_promises_follow_the_server_replies() {
     assert!(env.cdp.exceptions.is_empty(), "{:?}", env.cdp.exceptions);
 }
 
-/// With `--jwt-secret`: the token comes from `getToken`, and `refresh`
-/// sends a fresh one, resolving with its expiry.
+/// With `--jwt-secret`: the token comes from `getToken`; `refresh` sends a
+/// fresh one and resolves with its expiry; a refreshed token without one of
+/// the channels ends that subscription (`unsubscribed` event); a token that
+/// expires closes the connection and the client comes back with a new token
+/// from `getToken`, resuming its channel.
 #[test]
 fn client_refreshes_its_token() {
     let secret = "browser-client-secret";
@@ -323,12 +326,15 @@ fn client_refreshes_its_token() {
         return;
     };
     let addr = daemon.addr;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mint = |ttl: u64| {
-        wspush::push::auth::mint_hs256(secret.as_bytes(), "alice", Some(now + ttl), None)
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let mint = |exp: u64, channels: &[&str]| {
+        let channels: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+        wspush::push::auth::mint_hs256(secret.as_bytes(), "alice", Some(exp), Some(&channels))
     };
     let cdp = Cdp::attach(&chromium, &format!("http://{addr}/"));
     let mut env = Env {
@@ -337,23 +343,67 @@ fn client_refreshes_its_token() {
         daemon: &daemon,
     };
     env.wait_for("wspush.js loaded", "typeof WsPush", |v| v == "function");
+    let first = mint(now() + 600, &["a", "b"]);
+    env.cdp
+        .eval(&format!("window.NEXT = {}; true", json!(first)));
     install_client(
         &mut env,
-        &format!("{{getToken: async () => {}}}", json!(mint(600))),
+        "{channels: ['a', 'b'], getToken: async () => window.NEXT, minDelay: 50, maxDelay: 400}",
     );
-    env.wait_for("connected", "window.TC.state", |v| v == "connected");
+    let id1 = wait_connected(&mut env, 1, "b");
     assert_eq!(env.cdp.eval("window.TC.user"), json!("alice"));
-    let fresh = mint(7200);
-    let answer: Value = env
+    env.cdp.eval(
+        "window.T.ended = []; window.TC.on('unsubscribed', u => window.T.ended.push(u)); true",
+    );
+
+    // A refresh that keeps only `a`: `b` ends.
+    let exp = now() + 7200;
+    let answer = env
         .cdp
-        .eval(&format!("window.TC.refresh({})", json!(fresh)));
-    assert_eq!(answer, json!({"exp": now + 7200}), "refreshed");
+        .eval(&format!("window.TC.refresh({})", json!(mint(exp, &["a"]))));
+    assert_eq!(answer, json!({"exp": exp}), "refreshed");
+    env.wait_for(
+        "b ended by the server",
+        "window.T.ended.map(u => u.channel)",
+        |v| v == &json!(["b"]),
+    );
+    assert_eq!(
+        env.cdp
+            .eval("window.TC.subscriptions().map(s => s.channel + ':' + s.state)"),
+        json!(["a:subscribed"])
+    );
     let bad = env
         .cdp
         .eval("window.TC.refresh('not.a.token').then(() => 'resolved', e => e.op + ' ' + e.code)");
+    assert_eq!(bad, json!("refresh invalid_token"));
+
+    // A token about to expire, no refresh: the server closes (3000) and the
+    // client reconnects with the next token, resuming `a`.
+    let soon = now() + 2;
+    let answer = env
+        .cdp
+        .eval(&format!("window.TC.refresh({})", json!(mint(soon, &["a"]))));
+    assert_eq!(answer, json!({"exp": soon}));
+    let (status, _) = api_post(addr, "/publish/a", "1");
+    assert_eq!(status, 200);
+    env.cdp.eval(&format!(
+        "window.NEXT = {}; true",
+        json!(mint(now() + 3600, &["a"]))
+    ));
+    let id2 = wait_connected(&mut env, 2, "a");
+    assert_ne!(id1, id2);
+    let errors = env.cdp.eval("window.T.errors.map(e => e.code)");
     assert!(
-        bad.as_str().is_some_and(|s| s.starts_with("refresh ")),
-        "a bad token is refused: {bad}"
+        errors.as_array().unwrap().contains(&json!("token_expired")),
+        "the expiry is an error event: {errors}"
     );
+    let (status, _) = api_post(addr, "/publish/a", "2");
+    assert_eq!(status, 200);
+    env.wait_for(
+        "both publications on a",
+        "window.T.got.map(p => p[1])",
+        |v| v == &json!([1, 2]),
+    );
+    assert_eq!(env.cdp.eval("window.T.failed"), json!([]));
     assert!(env.cdp.exceptions.is_empty(), "{:?}", env.cdp.exceptions);
 }

@@ -26,7 +26,10 @@
  *   publish(ch, data)          resolves with {channel, seq}; rejects if not connected
  *   ping()                     resolves with the round trip in ms
  *   refresh(token?)            sends {"op":"refresh"} with this token (or getToken()'s);
- *                              resolves with {exp}; later connections use it too
+ *                              resolves with {exp}; later connections use it too. Without
+ *                              a refresh the server closes at the token's exp (an `error`
+ *                              token_expired, close 3000) and the client reconnects, asking
+ *                              getToken for a new one
  *   subscriptions()            [{channel, state, seq, epoch}], state "subscribing"|"subscribed"
  *   on(event, fn) / off(event, fn)
  *   WsPush.validChannel(name)  whether the server accepts this channel name
@@ -46,6 +49,8 @@
  *                    epoch); nothing old is replayed, the stream restarts after seq
  *   gap              {channel, expected, seq}: publications were skipped (the server
  *                    promises this never happens while resume works)
+ *   unsubscribed     {channel, reason}: the server ended a subscription by itself (e.g. a
+ *                    refreshed token no longer allows the channel); it leaves the set
  *   pong             {rtt}
  *   error            {code, message, op, channel}: every error from the server (a request's
  *                    promise is rejected as well) and protocol oddities
@@ -394,7 +399,8 @@
         case "welcome": return this._onWelcome(m);
         case "subscribed": this._onSubscribed(m); break;
         case "error": return this._onError(m, req);
-        case "pong": case "unsubscribed": case "published": case "refreshed": break;
+        case "unsubscribed": if (!req) return this._onEnded(m); break;
+        case "pong": case "published": case "refreshed": break;
         default:
           this._emit("error", { code: "bad_message", message: "unknown message: " + String(text).slice(0, 200), op: null, channel: null });
       }
@@ -464,6 +470,18 @@
       for (const w of s.waiters.splice(0)) w.resolve(info);
       this._emit("subscribed", info);
       if (recovered === false) this._emit("recovery_failed", { channel: ch, seq: s.seq, epoch: s.epoch });
+    }
+
+    // The server ended a subscription by itself (e.g. a refreshed token no
+    // longer allows the channel): the channel leaves the set.
+    _onEnded(m) {
+      const ch = m.channel;
+      const s = this._subs.get(ch);
+      this._subs.delete(ch);
+      if (this._conn) this._conn.onServer.delete(ch);
+      const reason = typeof m.reason === "string" ? m.reason : "";
+      if (s) for (const w of s.waiters) w.reject(WsPushError("unsubscribed", reason, "subscribe", ch));
+      this._emit("unsubscribed", { channel: ch, reason });
     }
 
     _onPublication(m) {
