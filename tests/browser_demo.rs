@@ -215,7 +215,7 @@ fn demo_page_in_headless_chromium() {
 /// a channel the token does not allow makes the server refuse the upgrade,
 /// so after two refusals the page connects without channels and subscribes
 /// one by one, showing the refusal for that channel; direct (to the user)
-/// and broadcast pushes appear.
+/// and broadcast pushes appear; a fresh token goes through the refresh box.
 #[test]
 fn demo_page_with_token_in_headless_chromium() {
     let Some(chromium_bin) = chromium_or_skip(false) else {
@@ -282,6 +282,28 @@ fn demo_page_with_token_in_headless_chromium() {
     let (status, answer) = api_post(addr, "/broadcast", r#""everyone""#);
     assert_eq!(status, 200, "{answer}");
     env.wait_push("broadcast", "everyone");
+
+    // A fresh token through the page's refresh box: the server confirms
+    // the new expiry, and the token field takes it for later connections.
+    let fresh = wspush::push::auth::mint_hs256(
+        secret.as_bytes(),
+        "alice",
+        Some(now + 7200),
+        Some(&["demo".to_string(), "chat.*".to_string()]),
+    );
+    env.fill_and_submit(&[("new-token", &fresh)], "refresh");
+    env.wait_for(
+        "the refresh confirmed",
+        "document.getElementById('events').innerText",
+        |v| {
+            v.as_str()
+                .is_some_and(|s| s.contains("token refreshed, expires"))
+        },
+    );
+    assert_eq!(
+        env.cdp.eval("document.getElementById('token').value"),
+        json!(fresh)
+    );
     assert!(
         env.cdp.exceptions.is_empty(),
         "uncaught exceptions in the page: {:?}",
