@@ -175,8 +175,6 @@
       this.active = false;
       clearTimeout(this._retryTimer);
       this._retryTimer = null;
-      this._attempt = 0;
-      this._refused = 0;
       const ws = this._ws;
       if (ws) {
         try { ws.close(1000, "bye"); } catch (_) { /* already closing */ }
@@ -184,6 +182,8 @@
       } else if (this.state !== "disconnected") {
         this._setState("disconnected", { code: null, reason: "", welcomed: false, delay: null, attempt: 0 });
       }
+      this._attempt = 0;
+      this._refused = 0; // a closed-by-us socket says nothing about refusals
     }
 
     subscribe(channel) {
