@@ -36,9 +36,12 @@ use envelope::Control;
 /// The demo page served at `GET /`.
 pub const PAGE: &str = include_str!("page.html");
 
-/// The page's Content-Security-Policy: its own inline script and style,
-/// WebSockets to this server, nothing else.
-const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+/// The browser client served at `GET /wspush.js` (the demo page uses it).
+pub const CLIENT_JS: &str = include_str!("wspush.js");
+
+/// The page's Content-Security-Policy: its own inline script and style, the
+/// client script from this server, WebSockets to this server, nothing else.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
      img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What a bad channel name is told.
@@ -516,6 +519,11 @@ impl Handler for PushService {
                 .header("Cache-Control", "no-cache")
                 .header("X-Content-Type-Options", "nosniff")
                 .header("Content-Security-Policy", PAGE_CSP),
+            ("GET" | "HEAD", "/wspush.js") => {
+                Response::with_body(200, "application/javascript; charset=utf-8", CLIENT_JS)
+                    .header("Cache-Control", "no-cache")
+                    .header("X-Content-Type-Options", "nosniff")
+            }
             ("GET" | "HEAD", "/healthz") => {
                 let (open, max) = self.handle.capacity();
                 if open >= max {
