@@ -38,9 +38,10 @@ use serde_json::{json, Value};
 use wspush::protocol::encode::{masked_close_into, masked_frame_into};
 use wspush::protocol::{Decoder, DecoderConfig, Message, OpCode, Role};
 
+use crate::publisher::{self, Connection, Failure};
 use crate::report::Summary;
 use crate::stats::{self, new_hist, record};
-use crate::wire::{self, now_ns, HttpReply, Rng};
+use crate::wire::{self, now_ns, Rng};
 use crate::Args;
 
 /// The run's parameters.
@@ -309,7 +310,6 @@ struct Reply {
     recovered: Option<bool>,
 }
 
-const HTTP_TOKEN: Token = Token(usize::MAX - 1);
 const CLOSE_TIMEOUT_NS: u64 = 2_000_000_000;
 
 struct Cx {
@@ -600,7 +600,7 @@ impl Worker {
             return;
         }
         for ev in self.events.iter() {
-            if ev.token() == HTTP_TOKEN {
+            if ev.token() == publisher::TOKEN {
                 if let Some(h) = self.http.as_mut() {
                     h.service(&mut self.scratch, &mut self.cx);
                 }
@@ -1134,13 +1134,10 @@ fn track(c: &mut Chan, q: u64, n: &mut Counts) {
 /// (answered in order), each `POST /publish/CHANNEL` with a JSON body
 /// `{"t":"<CLOCK_MONOTONIC ns, 16 hex digits>"}`. Reopened after an error.
 struct Publisher {
-    sock: Option<TcpStream>,
+    conn: Option<Connection>,
     /// Per channel: the request, the body's timestamp at `stamp_at[ch]`.
     reqs: Vec<Vec<u8>>,
     stamp_at: Vec<usize>,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    rbuf: Vec<u8>,
     /// Channels of the requests sent and not answered, in order.
     inflight: VecDeque<u32>,
     /// Per channel: the highest seq an answer named.
@@ -1153,30 +1150,21 @@ impl Publisher {
         let mut reqs = Vec::new();
         let mut stamp_at = Vec::new();
         for ch in &cfg.channels {
-            let mut r = Vec::new();
-            r.extend_from_slice(b"POST /publish/");
-            r.extend_from_slice(ch.as_bytes());
-            r.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-            r.extend_from_slice(cfg.api_host.as_bytes());
-            if let Some(k) = &cfg.api_key {
-                r.extend_from_slice(b"\r\nAuthorization: Bearer ");
-                r.extend_from_slice(k.as_bytes());
-            }
             let body = b"{\"t\":\"0000000000000000\"}";
-            r.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
-            r.extend_from_slice(body.len().to_string().as_bytes());
-            r.extend_from_slice(b"\r\n\r\n");
-            stamp_at.push(r.len() + 6);
-            r.extend_from_slice(body);
+            let (r, body_at) = publisher::request(
+                &cfg.api_host,
+                cfg.api_key.as_deref(),
+                ch,
+                "application/json",
+                body,
+            );
+            stamp_at.push(body_at + 6);
             reqs.push(r);
         }
         Publisher {
-            sock: None,
+            conn: None,
             reqs,
             stamp_at,
-            wbuf: Vec::with_capacity(64 * 1024),
-            wpos: 0,
-            rbuf: Vec::with_capacity(64 * 1024),
             inflight: VecDeque::new(),
             last_seq: vec![0; cfg.channels.len()],
             retry_at: 0,
@@ -1184,23 +1172,8 @@ impl Publisher {
     }
 
     fn open(&mut self, cx: &mut Cx) {
-        let r = std::net::TcpStream::connect_timeout(
-            &cx.cfg.api_addr,
-            Duration::from_nanos(cx.cfg.handshake_timeout_ns.max(1)),
-        )
-        .and_then(|s| {
-            s.set_nodelay(true)?;
-            s.set_nonblocking(true)?;
-            let mut s = TcpStream::from_std(s);
-            cx.poll.registry().register(
-                &mut s,
-                HTTP_TOKEN,
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(s)
-        });
-        match r {
-            Ok(s) => self.sock = Some(s),
+        match Connection::open(cx.cfg.api_addr, cx.cfg.handshake_timeout_ns, &cx.poll) {
+            Ok(c) => self.conn = Some(c),
             Err(e) => {
                 bump(&mut cx.c.http_errors, format!("connect: {}", short(&e)));
                 self.retry_at = now_ns() + 100_000_000;
@@ -1210,24 +1183,20 @@ impl Publisher {
 
     /// Queue one publication on channel `ch`, stamped `now`.
     fn queue(&mut self, ch: u32, now: u64, cx: &mut Cx) {
-        if self.sock.is_none() {
-            if now < self.retry_at {
-                bump(&mut cx.c.http_errors, "not connected");
-                return;
-            }
+        if self.conn.is_none() && now >= self.retry_at {
             self.open(cx);
-            if self.sock.is_none() {
-                bump(&mut cx.c.http_errors, "not connected");
-                return;
-            }
         }
+        let Some(conn) = self.conn.as_mut() else {
+            bump(&mut cx.c.http_errors, "not connected");
+            return;
+        };
         let r = &mut self.reqs[ch as usize];
         let at = self.stamp_at[ch as usize];
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for k in 0..16 {
             r[at + k] = HEX[((now >> (60 - 4 * k)) & 15) as usize];
         }
-        self.wbuf.extend_from_slice(r);
+        conn.send(r);
         self.inflight.push_back(ch);
         cx.c.published += 1;
     }
@@ -1237,85 +1206,56 @@ impl Publisher {
         self.inflight.is_empty()
     }
 
-    fn die(&mut self, cx: &mut Cx, why: String) {
-        if let Some(mut s) = self.sock.take() {
-            let _ = cx.poll.registry().deregister(&mut s);
+    /// Close the connection; its unanswered requests are counted lost.
+    fn die(&mut self, cx: &mut Cx, f: Failure) {
+        if let Some(mut c) = self.conn.take() {
+            c.deregister(&cx.poll);
         }
+        let why = match f {
+            Failure::Write(e) => format!("write: {}", short(&e)),
+            Failure::Read(e) => format!("read: {}", short(&e)),
+            Failure::Closed => "closed by server".into(),
+            Failure::Bad(why) => why.into(),
+        };
         bump(&mut cx.c.http_errors, why);
         let n = self.inflight.len() as u64;
         if n > 0 {
             *cx.c.http_errors.entry("no answer".into()).or_insert(0) += n;
         }
         self.inflight.clear();
-        self.wbuf.clear();
-        self.wpos = 0;
-        self.rbuf.clear();
         self.retry_at = now_ns() + 100_000_000;
     }
 
     fn flush(&mut self, cx: &mut Cx) {
-        while self.wpos < self.wbuf.len() {
-            let Some(s) = self.sock.as_mut() else { return };
-            match s.write(&self.wbuf[self.wpos..]) {
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.die(cx, format!("write: {}", short(&e))),
-            }
+        if let Some(Err(f)) = self.conn.as_mut().map(Connection::flush) {
+            self.die(cx, f);
         }
-        self.wbuf.clear();
-        self.wpos = 0;
     }
 
+    /// Readable or writable: send what is queued, count every answer.
     fn service(&mut self, scratch: &mut [u8], cx: &mut Cx) {
-        self.flush(cx);
-        loop {
-            let Some(s) = self.sock.as_mut() else { return };
-            match s.read(scratch) {
-                Ok(0) => return self.die(cx, "closed by server".into()),
-                Ok(n) => {
-                    self.rbuf.extend_from_slice(&scratch[..n]);
-                    self.parse(cx);
-                    if n < scratch.len() {
-                        return;
-                    }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let (inflight, last_seq) = (&mut self.inflight, &mut self.last_seq);
+        let r = conn.service(scratch, |a| {
+            let Some(ch) = inflight.pop_front() else {
+                return Err("answer to no request");
+            };
+            match (a.status, a.seq) {
+                (200, Some(q)) => {
+                    cx.c.publish_ok += 1;
+                    let l = &mut last_seq[ch as usize];
+                    *l = (*l).max(q);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.die(cx, format!("read: {}", short(&e))),
+                (200, None) => bump(&mut cx.c.http_errors, "200 without seq"),
+                (status, _) => bump(&mut cx.c.http_errors, format!("http {status}")),
             }
+            Ok(())
+        });
+        if let Err(f) = r {
+            self.die(cx, f);
         }
-    }
-
-    fn parse(&mut self, cx: &mut Cx) {
-        let mut off = 0;
-        loop {
-            match wire::parse_http_reply(&self.rbuf[off..]) {
-                HttpReply::Partial => break,
-                HttpReply::Bad(why) => return self.die(cx, why.into()),
-                HttpReply::Done {
-                    status,
-                    seq,
-                    consumed,
-                    ..
-                } => {
-                    off += consumed;
-                    let Some(ch) = self.inflight.pop_front() else {
-                        return self.die(cx, "answer to no request".into());
-                    };
-                    match (status, seq) {
-                        (200, Some(q)) => {
-                            cx.c.publish_ok += 1;
-                            let l = &mut self.last_seq[ch as usize];
-                            *l = (*l).max(q);
-                        }
-                        (200, None) => bump(&mut cx.c.http_errors, "200 without seq"),
-                        _ => bump(&mut cx.c.http_errors, format!("http {status}")),
-                    }
-                }
-            }
-        }
-        self.rbuf.drain(..off);
     }
 }
 
@@ -1396,11 +1336,7 @@ pub fn main(a: &Args) -> i32 {
     }
     let live_at_go = sh.live.load(SeqCst);
     let server = a.server_pid;
-    let cpu0 = stats::self_cpu_s();
-    let scpu0 = server.and_then(stats::proc_cpu_s);
-    let me = std::process::id();
-    let wait0 = stats::proc_runq_wait_s(me).unwrap_or(0.0);
-    let swait0 = server.and_then(stats::proc_runq_wait_s);
+    let cpu0 = stats::CpuMark::now(server);
     let go = now_ns();
     sh.go_ns.store(go, SeqCst);
     let end = go + cfg.duration_ns;
@@ -1414,10 +1350,7 @@ pub fn main(a: &Args) -> i32 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let drained = now_ns();
-    let cpu1 = stats::self_cpu_s();
-    let scpu1 = server.and_then(stats::proc_cpu_s);
-    let wait1 = stats::proc_runq_wait_s(me).unwrap_or(0.0);
-    let swait1 = server.and_then(stats::proc_runq_wait_s);
+    let used = stats::CpuMark::now(server).since(&cpu0);
     sh.stop.store(true, SeqCst);
     let mut c = Counts::new();
     for h in handles {
@@ -1487,23 +1420,23 @@ pub fn main(a: &Args) -> i32 {
     let measured = (drained - go) as f64 / 1e9;
     o.set("measured_s", json!(r3(measured)));
     o.set("drain_s", json!(r3((drained - end) as f64 / 1e9)));
-    o.set("client_cpu_s", json!(r3(cpu1 - cpu0)));
+    o.set("client_cpu_s", json!(r3(used.cpu_s)));
     o.set(
         "client_cpu_total_s",
         json!(r3(stats::self_cpu_s() - cpu_start)),
     );
-    o.set("client_cpu_util", json!(r3((cpu1 - cpu0) / measured)));
+    o.set("client_cpu_util", json!(r3(used.cpu_s / measured)));
     let per = |cpu: f64| r3(cpu * 1e6 / c.received.max(1) as f64);
-    o.set("client_cpu_us_per_push", json!(per(cpu1 - cpu0)));
+    o.set("client_cpu_us_per_push", json!(per(used.cpu_s)));
     // Runnable but waiting for a core (a shared machine), over go → drained.
-    o.set("client_runq_wait_s", json!(r3(wait1 - wait0)));
-    if let (Some(s0), Some(s1)) = (scpu0, scpu1) {
-        o.set("server_cpu_s", json!(r3(s1 - s0)));
-        o.set("server_cpu_util", json!(r3((s1 - s0) / measured)));
-        o.set("server_cpu_us_per_push", json!(per(s1 - s0)));
+    o.set("client_runq_wait_s", json!(r3(used.wait_s)));
+    if let Some(s) = used.server_cpu_s {
+        o.set("server_cpu_s", json!(r3(s)));
+        o.set("server_cpu_util", json!(r3(s / measured)));
+        o.set("server_cpu_us_per_push", json!(per(s)));
     }
-    if let (Some(w0), Some(w1)) = (swait0, swait1) {
-        o.set("server_runq_wait_s", json!(r3(w1 - w0)));
+    if let Some(w) = used.server_wait_s {
+        o.set("server_runq_wait_s", json!(r3(w)));
     }
     let errors = missing
         + c.duplicated

@@ -16,8 +16,9 @@ use mio::{Events, Interest, Poll, Token};
 use wspush::protocol::encode::{masked_close_into, masked_frame_into};
 use wspush::protocol::{Decoder, DecoderConfig, Message, OpCode, Role};
 
+use crate::publisher::{self, Connection, Failure};
 use crate::stats::{new_hist, record, Results};
-use crate::wire::{self, elapsed_since, now_ns, HttpReply, Probe, PushFrame, Rng};
+use crate::wire::{self, elapsed_since, now_ns, Probe, PushFrame, Rng};
 
 /// What a run does once connections are open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -235,20 +236,13 @@ pub struct Worker {
     cx: Cx,
 }
 
-/// Token of the publisher's HTTP connection.
-const HTTP_TOKEN: Token = Token(usize::MAX - 1);
-
-/// Push mode's publisher: one keep-alive HTTP/1.1 connection; requests are
-/// pipelined (the server answers them in order), each one a copy of a fixed
-/// template whose stamp is rewritten in place.
+/// Push mode's publisher: one keep-alive HTTP/1.1 connection; each request
+/// a copy of a fixed template whose stamp is rewritten in place.
 struct HttpPub {
-    sock: TcpStream,
+    conn: Connection,
     /// The whole request; the body's stamp starts at `stamp_at`.
     req: Vec<u8>,
     stamp_at: usize,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    rbuf: Vec<u8>,
     /// Requests queued (the next stamp sequence) and responses parsed.
     sent: u64,
     answered: u64,
@@ -414,7 +408,7 @@ impl Worker {
             return;
         }
         for ev in self.events.iter() {
-            if ev.token() == HTTP_TOKEN {
+            if ev.token() == publisher::TOKEN {
                 if let Some(h) = self.http.as_mut() {
                     h.service(&mut self.scratch, &mut self.cx);
                 }
@@ -1072,40 +1066,19 @@ impl Cx {
 
 impl HttpPub {
     fn open(cfg: &Config, poll: &Poll) -> io::Result<HttpPub> {
-        let std = std::net::TcpStream::connect_timeout(
-            &cfg.api_addr,
-            Duration::from_nanos(cfg.handshake_timeout_ns.max(1)),
-        )?;
-        std.set_nodelay(true)?;
-        std.set_nonblocking(true)?;
-        let mut sock = TcpStream::from_std(std);
-        poll.registry().register(
-            &mut sock,
-            HTTP_TOKEN,
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        let mut req = Vec::new();
-        req.extend_from_slice(b"POST /publish/");
-        req.extend_from_slice(cfg.channel.as_bytes());
-        req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-        req.extend_from_slice(cfg.api_host.as_bytes());
-        if let Some(k) = &cfg.api_key {
-            req.extend_from_slice(b"\r\nAuthorization: Bearer ");
-            req.extend_from_slice(k.as_bytes());
-        }
+        let conn = Connection::open(cfg.api_addr, cfg.handshake_timeout_ns, poll)?;
         let body = wire::template(cfg.size.max(wire::STAMP_LEN));
-        req.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
-        req.extend_from_slice(body.len().to_string().as_bytes());
-        req.extend_from_slice(b"\r\n\r\n");
-        let stamp_at = req.len();
-        req.extend_from_slice(&body);
+        let (req, stamp_at) = publisher::request(
+            &cfg.api_host,
+            cfg.api_key.as_deref(),
+            &cfg.channel,
+            "text/plain",
+            &body,
+        );
         Ok(HttpPub {
-            sock,
+            conn,
             req,
             stamp_at,
-            wbuf: Vec::with_capacity(64 * 1024),
-            wpos: 0,
-            rbuf: Vec::with_capacity(64 * 1024),
             sent: 0,
             answered: 0,
             dead: false,
@@ -1121,7 +1094,7 @@ impl HttpPub {
             ts: now,
         }
         .write_stamp(&mut self.req[self.stamp_at..]);
-        self.wbuf.extend_from_slice(&self.req);
+        self.conn.send(&self.req);
         self.sent += 1;
         cx.r.sent += 1;
         if now < cx.deadline {
@@ -1130,86 +1103,59 @@ impl HttpPub {
     }
 
     fn flush(&mut self, cx: &mut Cx) {
-        while self.wpos < self.wbuf.len() && !self.dead {
-            match self.sock.write(&self.wbuf[self.wpos..]) {
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.die(cx, format!("publisher write: {}", short(&e))),
-            }
+        if self.dead {
+            return;
         }
-        self.wbuf.clear();
-        self.wpos = 0;
+        if let Err(f) = self.conn.flush() {
+            self.die(cx, f);
+        }
     }
 
-    fn die(&mut self, cx: &mut Cx, why: String) {
+    fn die(&mut self, cx: &mut Cx, f: Failure) {
         if !self.dead {
             self.dead = true;
-            cx.r.fail(why);
-            let _ = cx.poll.registry().deregister(&mut self.sock);
+            cx.r.fail(match f {
+                Failure::Write(e) => format!("publisher write: {}", short(&e)),
+                Failure::Read(e) => format!("publisher read: {}", short(&e)),
+                Failure::Closed => "publisher: connection closed by server".into(),
+                Failure::Bad(why) => format!("publisher: {why}"),
+            });
+            self.conn.deregister(&cx.poll);
         }
     }
 
-    /// Readable or writable: send what is queued, parse every complete response.
+    /// Readable or writable: send what is queued, check every answer.
     fn service(&mut self, scratch: &mut [u8], cx: &mut Cx) {
-        self.flush(cx);
-        while !self.dead {
-            match self.sock.read(scratch) {
-                Ok(0) => return self.die(cx, "publisher: connection closed by server".into()),
-                Ok(n) => {
-                    self.rbuf.extend_from_slice(&scratch[..n]);
-                    self.parse(cx);
-                    if n < scratch.len() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.die(cx, format!("publisher read: {}", short(&e))),
-            }
+        if self.dead {
+            return;
         }
-    }
-
-    fn parse(&mut self, cx: &mut Cx) {
-        let mut off = 0;
-        loop {
-            match wire::parse_http_reply(&self.rbuf[off..]) {
-                HttpReply::Partial => break,
-                HttpReply::Bad(why) => {
-                    self.die(cx, format!("publisher: {why}"));
-                    break;
-                }
-                HttpReply::Done {
-                    status,
-                    seq,
-                    recipients,
-                    consumed,
-                } => {
-                    off += consumed;
-                    let n = self.answered;
-                    self.answered += 1;
-                    if status != 200 {
-                        cx.r.fail(format!("publish: http {status}"));
-                        continue;
-                    }
-                    if recipients != Some(cx.cfg.conns as u64) {
-                        cx.r.recipients_mismatched += 1;
-                    }
-                    match seq {
-                        Some(s) => {
-                            let base = s.wrapping_sub(n);
-                            let sh = &cx.sh.pub_base;
-                            if let Err(b) = sh.compare_exchange(u64::MAX, base, SeqCst, SeqCst) {
-                                if b != base {
-                                    cx.r.mismatched += 1;
-                                }
-                            }
+        let answered = &mut self.answered;
+        let r = self.conn.service(scratch, |a| {
+            let n = *answered;
+            *answered += 1;
+            if a.status != 200 {
+                cx.r.fail(format!("publish: http {}", a.status));
+                return Ok(());
+            }
+            if a.recipients != Some(cx.cfg.conns as u64) {
+                cx.r.recipients_mismatched += 1;
+            }
+            match a.seq {
+                Some(s) => {
+                    let base = s.wrapping_sub(n);
+                    let sh = &cx.sh.pub_base;
+                    if let Err(b) = sh.compare_exchange(u64::MAX, base, SeqCst, SeqCst) {
+                        if b != base {
+                            cx.r.mismatched += 1;
                         }
-                        None => cx.r.mismatched += 1,
                     }
                 }
+                None => cx.r.mismatched += 1,
             }
+            Ok(())
+        });
+        if let Err(f) = r {
+            self.die(cx, f);
         }
-        self.rbuf.drain(..off);
     }
 }

@@ -18,6 +18,7 @@
 
 mod churn;
 mod engine;
+mod publisher;
 mod report;
 mod stats;
 mod wire;
@@ -292,11 +293,7 @@ fn run_local(a: &Args, cfg: Config) -> Results {
         rss_after = server.and_then(stats::proc_rss_kb);
     }
     sh.subs.store(sh.open.load(SeqCst).max(0) as u64, SeqCst);
-    let cpu0 = stats::self_cpu_s();
-    let scpu0 = server.and_then(stats::proc_cpu_s);
-    let me = std::process::id();
-    let wait0 = stats::proc_runq_wait_s(me).unwrap_or(0.0);
-    let swait0 = server.and_then(stats::proc_runq_wait_s);
+    let cpu0 = stats::CpuMark::now(server);
     let go = now_ns();
     sh.go_ns.store(go, SeqCst);
     let what = if cfg.mode == Mode::Connect {
@@ -344,10 +341,7 @@ fn run_local(a: &Args, cfg: Config) -> Results {
         std::thread::sleep(Duration::from_millis(5));
     }
     let drained = now_ns();
-    let cpu1 = stats::self_cpu_s();
-    let scpu1 = server.and_then(stats::proc_cpu_s);
-    let wait1 = stats::proc_runq_wait_s(me).unwrap_or(0.0);
-    let swait1 = server.and_then(stats::proc_runq_wait_s);
+    let used = stats::CpuMark::now(server).since(&cpu0);
     if child {
         child_say("DRAINED");
         child_wait("CLOSE");
@@ -361,15 +355,11 @@ fn run_local(a: &Args, cfg: Config) -> Results {
     }
     r.window_s = cfg.duration_ns as f64 / 1e9;
     r.measured_s = (drained - go) as f64 / 1e9;
-    r.cpu_s = cpu1 - cpu0;
+    r.cpu_s = used.cpu_s;
     r.cpu_total_s = stats::self_cpu_s() - cpu_start;
-    r.wait_s = wait1 - wait0;
-    if let (Some(a0), Some(a1)) = (scpu0, scpu1) {
-        r.server_cpu_s = Some(a1 - a0);
-    }
-    if let (Some(a0), Some(a1)) = (swait0, swait1) {
-        r.server_wait_s = Some(a1 - a0);
-    }
+    r.wait_s = used.wait_s;
+    r.server_cpu_s = used.server_cpu_s;
+    r.server_wait_s = used.server_wait_s;
     r.server_rss_before_kb = rss_before;
     r.server_rss_after_kb = rss_after;
     r

@@ -235,6 +235,37 @@ impl Results {
     }
 }
 
+/// CPU seconds and run-queue wait seconds of this process and of the server
+/// (when its pid is known and readable): at one instant, or between two.
+pub struct CpuMark {
+    pub cpu_s: f64,
+    pub wait_s: f64,
+    pub server_cpu_s: Option<f64>,
+    pub server_wait_s: Option<f64>,
+}
+
+impl CpuMark {
+    pub fn now(server: Option<u32>) -> CpuMark {
+        CpuMark {
+            cpu_s: self_cpu_s(),
+            server_cpu_s: server.and_then(proc_cpu_s),
+            wait_s: proc_runq_wait_s(std::process::id()).unwrap_or(0.0),
+            server_wait_s: server.and_then(proc_runq_wait_s),
+        }
+    }
+
+    /// What was used from `earlier` to this mark.
+    pub fn since(&self, earlier: &CpuMark) -> CpuMark {
+        let diff = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        CpuMark {
+            cpu_s: self.cpu_s - earlier.cpu_s,
+            wait_s: self.wait_s - earlier.wait_s,
+            server_cpu_s: diff(self.server_cpu_s, earlier.server_cpu_s),
+            server_wait_s: diff(self.server_wait_s, earlier.server_wait_s),
+        }
+    }
+}
+
 /// Own CPU time (user + system) of this process, in seconds.
 pub fn self_cpu_s() -> f64 {
     // SAFETY: getrusage fills the struct we own.

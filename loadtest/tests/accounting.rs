@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 
 use wspush::protocol::encode::frame_into;
-use wspush::protocol::handshake::accept_key;
 use wspush::protocol::{Decoder, DecoderConfig, Message, OpCode, Role};
 
 mod common;
@@ -90,9 +89,10 @@ fn broadcast_delivers_every_message_to_every_subscriber() {
         published,
         "every message reached its last subscriber"
     );
-    for k in ["lost", "duplicated", "out_of_order", "mismatched", "errors"] {
-        assert_eq!(u(&v, k), 0, "{k}: {v:#}");
-    }
+    assert_zero(
+        &v,
+        &["lost", "duplicated", "out_of_order", "mismatched", "errors"],
+    );
 }
 
 #[test]
@@ -122,9 +122,10 @@ fn chat_room_at_max_rate_over_threads_processes_and_sources() {
     assert!(published >= 48, "{v:#}");
     assert_eq!(u(&v, "subscribers"), 24);
     assert_eq!(u(&v, "deliveries"), published * 24, "{v:#}");
-    for k in ["lost", "duplicated", "out_of_order", "mismatched", "errors"] {
-        assert_eq!(u(&v, k), 0, "{k}: {v:#}");
-    }
+    assert_zero(
+        &v,
+        &["lost", "duplicated", "out_of_order", "mismatched", "errors"],
+    );
 }
 
 #[test]
@@ -211,19 +212,7 @@ fn faulty_peer(listener: TcpListener) {
         }
     };
     let head = String::from_utf8_lossy(&req[..end]).to_string();
-    let key = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-        .expect("key")
-        .trim()
-        .to_string();
-    let accept = accept_key(key.as_bytes());
-    write!(
-        s,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        std::str::from_utf8(&accept).unwrap()
-    )
-    .unwrap();
+    switch_protocols(&mut s, &head).unwrap();
     let cfg = DecoderConfig::for_role(Role::Server);
     let mut dec = Decoder::new();
     let mut pending: Vec<u8> = req[end..].to_vec();

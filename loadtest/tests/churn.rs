@@ -22,19 +22,20 @@ fn churn(s: &Server, extra: &[&str]) -> (i32, Value) {
 fn assert_exact(v: &Value) {
     assert!(u(v, "expected") > 0, "{v:#}");
     assert_eq!(u(v, "delivered"), u(v, "expected"), "{v:#}");
-    for k in [
-        "missing",
-        "duplicated",
-        "out_of_order",
-        "unexpected",
-        "epoch_mismatch",
-        "no_position",
-        "not_caught_up",
-        "http_errors",
-        "errors",
-    ] {
-        assert_eq!(u(v, k), 0, "{k}: {v:#}");
-    }
+    assert_zero(
+        v,
+        &[
+            "missing",
+            "duplicated",
+            "out_of_order",
+            "unexpected",
+            "epoch_mismatch",
+            "no_position",
+            "not_caught_up",
+            "http_errors",
+            "errors",
+        ],
+    );
 }
 
 #[test]
@@ -153,8 +154,8 @@ mod fake {
     use std::net::{TcpListener, TcpStream};
     use std::sync::{Arc, Mutex};
 
+    use crate::common::switch_protocols;
     use wspush::protocol::encode::frame_into;
-    use wspush::protocol::handshake::accept_key;
     use wspush::protocol::{Decoder, DecoderConfig, Message, OpCode, Role};
 
     /// What the fake does when a subscriber resumes from seq N.
@@ -233,18 +234,7 @@ mod fake {
             return api(s, st, buf);
         }
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        let accept = accept_key(key.as_bytes());
-        write!(
-            s,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            std::str::from_utf8(&accept).unwrap()
-        )?;
+        switch_protocols(&mut s, &head)?;
         let mut g = st.lock().unwrap();
         g.next_id += 1;
         let id = g.next_id;

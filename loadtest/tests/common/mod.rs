@@ -1,13 +1,16 @@
 //! Helpers shared by wsload's integration tests: the real wspush server as
-//! a child process, and wsload run with `--json`.
+//! a child process, wsload run with `--json` and checks of its summary, and
+//! the upgrade answer of the tests' fake servers.
 #![allow(dead_code)]
 
+use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wspush::protocol::handshake::accept_key;
 
 /// target/<profile>/wspush, next to the directory of this test executable.
 pub fn wspush_bin() -> PathBuf {
@@ -91,4 +94,27 @@ pub fn wsload(args: &[&str]) -> (i32, Value) {
 pub fn u(v: &Value, k: &str) -> u64 {
     v[k].as_u64()
         .unwrap_or_else(|| panic!("no integer {k} in {v:#}"))
+}
+
+/// Every one of `keys` is 0 in the summary `v`.
+pub fn assert_zero(v: &Value, keys: &[&str]) {
+    for k in keys {
+        assert_eq!(u(v, k), 0, "{k}: {v:#}");
+    }
+}
+
+/// Accept the WebSocket upgrade request whose head is `head`: write the
+/// 101 answer with its `Sec-WebSocket-Accept`.
+pub fn switch_protocols(s: &mut impl Write, head: &str) -> io::Result<()> {
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .expect("Sec-WebSocket-Key")
+        .trim();
+    let accept = accept_key(key.as_bytes());
+    write!(
+        s,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        std::str::from_utf8(&accept).unwrap()
+    )
 }
