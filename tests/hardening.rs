@@ -5,9 +5,116 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 
 use common::*;
+use serde_json::Value;
+use tungstenite::Message as TMsg;
+
+/// One HTTP request, `Connection: close`; returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status_of(&out), body)
+}
+
+fn publish_json(addr: SocketAddr, channel: &str, data: &str) -> (u16, String) {
+    http(
+        addr,
+        "POST",
+        &format!("/publish/{channel}"),
+        "Content-Type: application/json\r\n",
+        data.as_bytes(),
+    )
+}
+
+fn next_json(ws: &mut tungstenite::WebSocket<TcpStream>) -> Value {
+    loop {
+        match ws.read().expect("read") {
+            TMsg::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+            TMsg::Ping(_) | TMsg::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Assert that `wspush <args>` (with `env`) refuses to start: a non-zero
+/// exit, and a message containing each of `needles`.
+fn refused(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+    let (status, out) = run_to_exit(args, env);
+    let status = status.unwrap_or_else(|| panic!("{args:?} {env:?} started: {out}"));
+    assert!(!status.success(), "{args:?} {env:?} exited 0: {out}");
+    for n in needles {
+        assert!(out.contains(n), "{args:?} {env:?}: no {n:?} in {out:?}");
+    }
+    assert!(!out.contains("listening on"), "{args:?}: {out}");
+    assert!(!out.contains("panicked"), "{args:?}: {out}");
+}
+
+const L: &str = "--listen";
+
+// Item 2.
+#[test]
+fn a_second_daemon_on_the_same_port_fails_whatever_the_workers() {
+    for (first, second) in [("1", "1"), ("4", "4"), ("1", "4"), ("4", "1")] {
+        let a = Daemon::start(&["--workers", first]);
+        let addr = a.addr.to_string();
+        refused(
+            &[L, &addr, "--workers", second],
+            &[],
+            &["address in use", &addr],
+        );
+        // The first daemon kept the whole port: every connection reaches it
+        // (its subscriber receives every publication sent through new ones).
+        let mut sub = ws(&a, "/ws?channel=c");
+        assert_eq!(next_json(&mut sub)["op"], "welcome");
+        for i in 0..20 {
+            let (st, body) = publish_json(a.addr, "c", &i.to_string());
+            assert_eq!(st, 200, "{body}");
+            assert_eq!(
+                serde_json::from_str::<Value>(&body).unwrap()["recipients"],
+                1,
+                "workers {first}/{second}"
+            );
+            assert_eq!(next_json(&mut sub)["data"], i);
+        }
+    }
+}
+
+// Item 2: the deliberate handover.
+#[test]
+fn reuse_port_lets_a_new_daemon_take_over_on_purpose() {
+    let mut old = Daemon::start(&["--workers", "2"]);
+    let addr = old.addr.to_string();
+    let new = Daemon::start_on(&addr, &["--workers", "2", "--reuse-port"]);
+    assert_eq!(new.addr, old.addr);
+    old.signal(libc::SIGTERM);
+    let st = old
+        .wait_exit(IO_TIMEOUT)
+        .expect("the old daemon drains and exits");
+    assert!(st.success(), "{st:?}");
+    // Every new connection now reaches the new daemon.
+    for _ in 0..20 {
+        let resp = raw_exchange(
+            new.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status_of(&resp), 200, "{resp}");
+    }
+}
 
 /// Read one response head (through the blank line) from `s`, byte by byte
 /// so that nothing after it is consumed.

@@ -26,6 +26,13 @@ pub struct Args {
     /// [default: number of CPUs].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Join the SO_REUSEPORT listeners of a daemon already on this address
+    /// (same user) instead of failing with "address in use": for a
+    /// zero-downtime handover, start the new daemon with this flag, then send
+    /// SIGTERM to the old one, which stops accepting and drains. Without it a
+    /// port another process listens on is an error, whatever `--workers` is.
+    #[arg(long)]
+    pub reuse_port: bool,
     /// Most simultaneous connections; beyond it new ones get HTTP 503
     /// [default: 100000, lowered to fit the open-files limit (RLIMIT_NOFILE)
     /// so that the 503 can still be sent].
@@ -210,6 +217,7 @@ impl Args {
                 max_body: self.max_publish_size,
                 ..HttpLimits::default()
             },
+            share_port: self.reuse_port,
             ..Config::default()
         }
     }
