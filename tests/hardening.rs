@@ -189,3 +189,43 @@ fn head_answers_carry_the_get_headers_and_no_body_on_a_keep_alive_connection() {
     assert!(read_head(&mut s).starts_with("HTTP/1.1 405 "));
     assert!(read_head(&mut s).starts_with("HTTP/1.1 200 "));
 }
+
+// Item 10.
+#[test]
+fn sighup_and_sigusr_do_not_kill_and_sigquit_drains_with_1001() {
+    let mut d = Daemon::start(&["--workers", "2", "--drain-timeout", "20s"]);
+    let mut c = ws(&d, "/echo");
+    for (sig, line) in [
+        (libc::SIGHUP, "SIGHUP: nothing to reload yet"),
+        (libc::SIGUSR1, "SIGUSR1: ignored"),
+        (libc::SIGUSR2, "SIGUSR2: ignored"),
+        (libc::SIGHUP, "SIGHUP: nothing to reload yet"),
+    ] {
+        d.signal(sig);
+        assert!(d.wait_logged(line), "{line}: {}", d.log_text());
+        assert!(
+            matches!(d.child.try_wait(), Ok(None)),
+            "signal {sig} ended the daemon"
+        );
+        c.send(TMsg::Text(format!("after {sig}"))).unwrap();
+        assert_eq!(c.read().unwrap(), TMsg::Text(format!("after {sig}")));
+        let resp = raw_exchange(
+            d.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status_of(&resp), 200, "{resp}");
+    }
+    d.signal(libc::SIGQUIT);
+    let code = loop {
+        match c.read() {
+            Ok(TMsg::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame after SIGQUIT: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    while c.read().is_ok() {}
+    let st = d.wait_exit(IO_TIMEOUT).expect("exits after the drain");
+    assert!(st.success(), "{st:?}");
+    assert!(d.logged("SIGQUIT: shutting down"), "{}", d.log_text());
+}

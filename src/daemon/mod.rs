@@ -239,16 +239,40 @@ impl Args {
     }
 }
 
-/// Block SIGINT and SIGTERM in this thread (and the threads it starts
-/// later) and start a thread that waits for them and begins the drain of
-/// every server given.
+/// What the daemon does on a signal it handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalAction {
+    /// SIGINT, SIGTERM, SIGQUIT: close every client with 1001, drain, exit 0.
+    Drain,
+    /// SIGHUP: the reload hook (nothing to reload yet); the daemon runs on.
+    Reload,
+    /// SIGUSR1, SIGUSR2: logged and ignored.
+    Ignore,
+}
+
+/// The signals the daemon takes over, and what each does. Any other signal
+/// keeps the system's default action.
+pub const SIGNALS: [(libc::c_int, &str, SignalAction); 6] = [
+    (libc::SIGINT, "SIGINT", SignalAction::Drain),
+    (libc::SIGTERM, "SIGTERM", SignalAction::Drain),
+    (libc::SIGQUIT, "SIGQUIT", SignalAction::Drain),
+    (libc::SIGHUP, "SIGHUP", SignalAction::Reload),
+    (libc::SIGUSR1, "SIGUSR1", SignalAction::Ignore),
+    (libc::SIGUSR2, "SIGUSR2", SignalAction::Ignore),
+];
+
+/// Block the [`SIGNALS`] in this thread (and the threads it starts later)
+/// and start a thread that waits for them: the drain signals begin the
+/// drain of every server given; SIGHUP is where secrets and certificates
+/// will be reloaded once they come from files; the others are logged.
 fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
     // SAFETY: plain libc calls on a local, zero-initialised signal set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for (sig, _, _) in SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -263,12 +287,20 @@ fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
             if rc != 0 {
                 continue;
             }
-            if handles.iter().all(Handle::is_shutting_down) {
-                log::warn!("signal {sig} again: still draining");
-            } else {
-                log::info!("signal {sig}: shutting down (closing clients with 1001)");
-                for h in &handles {
-                    h.shutdown();
+            let Some(&(_, name, action)) = SIGNALS.iter().find(|(s, _, _)| *s == sig) else {
+                continue;
+            };
+            match action {
+                SignalAction::Reload => log::info!("{name}: nothing to reload yet"),
+                SignalAction::Ignore => log::info!("{name}: ignored"),
+                SignalAction::Drain if handles.iter().all(Handle::is_shutting_down) => {
+                    log::warn!("{name} again: still draining")
+                }
+                SignalAction::Drain => {
+                    log::info!("{name}: shutting down (closing clients with 1001)");
+                    for h in &handles {
+                        h.shutdown();
+                    }
                 }
             }
         })?;
