@@ -7,9 +7,13 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use common::*;
+use hmac::{Hmac, Mac};
 use serde_json::Value;
 use tungstenite::Message as TMsg;
+use wspush::push::unix_now;
 
 /// One HTTP request, `Connection: close`; returns (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
@@ -188,6 +192,62 @@ fn head_answers_carry_the_get_headers_and_no_body_on_a_keep_alive_connection() {
     .unwrap();
     assert!(read_head(&mut s).starts_with("HTTP/1.1 405 "));
     assert!(read_head(&mut s).starts_with("HTTP/1.1 200 "));
+}
+
+/// An HS256 token over an arbitrary payload.
+fn sign(payload: &str, secret: &[u8]) -> String {
+    let hp = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    m.update(hp.as_bytes());
+    format!("{hp}.{}", URL_SAFE_NO_PAD.encode(m.finalize().into_bytes()))
+}
+
+// Item 5.
+#[test]
+fn tokens_need_sub_and_exp_unless_non_expiring_ones_are_allowed() {
+    let secret = "a-secret-of-at-least-thirty-two-bytes";
+    let later = unix_now() + 600;
+    let cases = [
+        ("{}".to_string(), 401, 401),
+        (r#"{"sub":"a"}"#.to_string(), 401, 101),
+        (format!(r#"{{"exp":{later}}}"#), 401, 401),
+        (format!(r#"{{"sub":"","exp":{later}}}"#), 401, 401),
+        (format!(r#"{{"sub":"a","exp":{later}}}"#), 101, 101),
+        (
+            format!(r#"{{"sub":"a","exp":{}}}"#, unix_now() - 5),
+            401,
+            401,
+        ),
+    ];
+    for (flags, strict) in [
+        (&[][..], true),
+        (&["--allow-non-expiring-tokens"][..], false),
+    ] {
+        let mut args = vec!["--jwt-secret", secret];
+        args.extend_from_slice(flags);
+        let d = Daemon::start(&args);
+        for (payload, want_strict, want_allowing) in &cases {
+            let want = if strict { *want_strict } else { *want_allowing };
+            let t = sign(payload, secret.as_bytes());
+            let resp = raw_exchange(
+                d.addr,
+                upgrade_request(&format!("/ws?token={t}"), "").as_bytes(),
+            );
+            assert_eq!(status_of(&resp), want, "{payload} strict={strict}: {resp}");
+            if payload == r#"{"sub":"a"}"# && strict {
+                assert!(resp.contains("no exp"), "{resp}");
+            }
+        }
+    }
+    // --help says the same rule.
+    let (_, help) = run_to_exit(&["--help"], &[]);
+    assert!(help.contains("--allow-non-expiring-tokens"), "{help}");
+    assert!(help.contains("`sub` (user id, required)"), "{help}");
+    assert!(help.contains("`exp` (required"), "{help}");
 }
 
 // Item 10.

@@ -77,11 +77,18 @@ pub struct Args {
     #[arg(long = "client-publish")]
     pub client_publish: Vec<String>,
     /// HS256 secret: when set, every WebSocket needs a JWT (`?token=` or
-    /// `Authorization: Bearer`) with `sub` (user id), `exp`, optional `channels`.
+    /// `Authorization: Bearer`) with `sub` (user id, required), `exp`
+    /// (required, see --allow-non-expiring-tokens) and optional `channels`.
+    /// Must not be empty; shorter than 32 bytes draws a warning.
     #[arg(long, env = "WSPUSH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Accept client tokens without an `exp` claim (they never expire).
+    /// Without this flag such tokens are refused with 401.
+    #[arg(long)]
+    pub allow_non_expiring_tokens: bool,
     /// Key for the backend HTTP API (`Authorization: Bearer <key>`). Without
-    /// it the API answers only clients on loopback.
+    /// it the API answers only clients on loopback. Must not be empty nor
+    /// contain whitespace or control characters.
     #[arg(long, env = "WSPUSH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Serve the backend API (and /stats, /metrics) on this separate address
@@ -232,6 +239,7 @@ impl Args {
                 .collect(),
             max_channels_per_conn: self.max_channels_per_conn,
             jwt_secret: self.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            allow_non_expiring_tokens: self.allow_non_expiring_tokens,
             api_key: self.api_key.as_ref().map(|s| s.as_bytes().to_vec()),
             api_on_main: self.api_listen.is_none(),
             ..PushConfig::default()
@@ -366,7 +374,11 @@ pub fn run(args: Args) -> io::Result<()> {
         cfg.handshake.protocols,
         if cfg.handshake.origins.is_empty() { "any".to_string() } else { cfg.handshake.origins.join(",") },
         args.client_publish,
-        if args.jwt_secret.is_some() { "required (HS256)" } else { "not required" },
+        match (&args.jwt_secret, args.allow_non_expiring_tokens) {
+            (None, _) => "not required",
+            (Some(_), false) => "required (HS256; sub and exp)",
+            (Some(_), true) => "required (HS256; sub; non-expiring allowed)",
+        },
     );
     match (&api, &args.api_key) {
         (Some(a), Some(_)) => log::info!("API on {} (API key required)", a.local_addr()),

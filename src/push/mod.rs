@@ -61,6 +61,8 @@ pub struct PushConfig {
     pub max_channels_per_conn: usize,
     /// HS256 secret; when set, every WebSocket needs a valid token.
     pub jwt_secret: Option<Vec<u8>>,
+    /// Accept tokens without `exp` (`--allow-non-expiring-tokens`).
+    pub allow_non_expiring_tokens: bool,
     /// API key for the backend API; without one the API answers on loopback only.
     pub api_key: Option<Vec<u8>>,
     /// Serve the API on the main port (false when it has its own listener).
@@ -75,6 +77,7 @@ impl Default for PushConfig {
             client_publish: Vec::new(),
             max_channels_per_conn: 128,
             jwt_secret: None,
+            allow_non_expiring_tokens: false,
             api_key: None,
             api_on_main: true,
             max_strikes: 10,
@@ -263,7 +266,14 @@ impl PushService {
                 .map(str::to_string),
         };
         let result = match token {
-            Some(t) => auth::verify_hs256(&t, secret, unix_now()),
+            Some(t) => auth::verify_hs256(
+                &t,
+                secret,
+                unix_now(),
+                auth::TokenRules {
+                    allow_no_exp: self.shared.cfg.allow_non_expiring_tokens,
+                },
+            ),
             None => Err(auth::AuthError::Missing),
         };
         match result {
@@ -399,10 +409,7 @@ impl Handler for PushService {
                 return Err(text_error(400, "too many channels"));
             }
         }
-        let user = claims
-            .as_ref()
-            .and_then(|c| c.sub.as_deref())
-            .map(Arc::from);
+        let user = claims.as_ref().map(|c| Arc::from(c.sub.as_str()));
         let allowed = claims.filter(|c| c.channels.is_some());
         let extra = (user.is_some() || allowed.is_some() || !initial.is_empty()).then(|| {
             Box::new(SessionExtra {
