@@ -69,6 +69,100 @@ fn refused(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
 }
 
 const L: &str = "--listen";
+const ANY: &str = "127.0.0.1:0";
+
+// Item 1.
+#[test]
+fn empty_secrets_and_bad_api_keys_refuse_to_start() {
+    refused(
+        &[L, ANY, "--jwt-secret", ""],
+        &[],
+        &["--jwt-secret", "empty"],
+    );
+    refused(
+        &[L, ANY],
+        &[("WSPUSH_JWT_SECRET", "")],
+        &["--jwt-secret", "empty"],
+    );
+    refused(&[L, ANY, "--api-key", ""], &[], &["--api-key", "empty"]);
+    refused(
+        &[L, ANY],
+        &[("WSPUSH_API_KEY", "")],
+        &["--api-key", "empty"],
+    );
+    refused(
+        &[L, ANY, "--api-key", "two words"],
+        &[],
+        &["--api-key", "whitespace"],
+    );
+    refused(
+        &[L, ANY, "--api-key", "tab\there"],
+        &[],
+        &["--api-key", "whitespace"],
+    );
+    refused(
+        &["token", "--secret", "", "--sub", "a"],
+        &[],
+        &["--secret", "empty"],
+    );
+    refused(
+        &["token", "--sub", "a"],
+        &[("WSPUSH_JWT_SECRET", "")],
+        &["--secret", "empty"],
+    );
+    // A short secret starts, with a warning; a long one without.
+    let d = Daemon::start(&["--jwt-secret", "short"]);
+    assert!(d.wait_logged("use at least 32"), "{}", d.log_text());
+    let long = "x".repeat(32);
+    let d = Daemon::start(&["--jwt-secret", &long]);
+    assert!(d.wait_logged("tokens required"));
+    assert!(!d.logged("use at least 32"), "{}", d.log_text());
+}
+
+// Item 11.
+#[test]
+fn nonsense_flags_are_refused_naming_the_flag() {
+    for (args, flag) in [
+        (&["--handshake-timeout", "0"][..], "--handshake-timeout"),
+        (&["--handshake-timeout", "0.0001"], "--handshake-timeout"),
+        (&["--drain-timeout", "0"], "--drain-timeout"),
+        (&["--max-message-size", "0"], "--max-message-size"),
+        (&["--max-buffered", "0"], "--max-buffered"),
+        (&["--max-publish-size", "0"], "--max-publish-size"),
+        (&["--max-connections", "0"], "--max-connections"),
+        (&["--workers", "0"], "--workers"),
+        (&["--workers", "100000"], "--workers"),
+        (
+            &["--idle-timeout", "10s", "--ping-interval", "10s"],
+            "--idle-timeout",
+        ),
+        (&["--idle-timeout", "5s"], "--ping-interval"),
+        (&["--protocol", "a b"], "--protocol"),
+        (&["--protocol", ""], "--protocol"),
+        (&["--client-publish", ""], "--client-publish"),
+        (&["--allow-non-expiring-tokens"], "--jwt-secret"),
+    ] {
+        let mut all = vec![L, ANY];
+        all.extend_from_slice(args);
+        refused(&all, &[], &[flag]);
+    }
+    // Edge values that do work still start: either interval off, or idle
+    // just longer than ping.
+    for args in [
+        &["--ping-interval", "0", "--idle-timeout", "5s"][..],
+        &["--ping-interval", "5s", "--idle-timeout", "0"],
+        &["--ping-interval", "5s", "--idle-timeout", "6s"],
+    ] {
+        let d = Daemon::start(args);
+        assert_eq!(
+            status_of(&raw_exchange(
+                d.addr,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            )),
+            200
+        );
+    }
+}
 
 // Item 2.
 #[test]

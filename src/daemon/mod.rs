@@ -58,11 +58,12 @@ pub struct Args {
     /// the client also offers is chosen.
     #[arg(long = "protocol")]
     pub protocols: Vec<String>,
-    /// On SIGINT/SIGTERM: how long to wait for clients to answer close 1001
+    /// On SIGINT/SIGTERM/SIGQUIT: how long to wait for clients to answer close 1001
     /// before exiting, e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Send a protocol ping to a connection silent for this long (`0` disables).
+    /// With both on, --idle-timeout must be longer than this.
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     pub ping_interval: Duration,
     /// Close a connection that sent nothing (not even a pong) for this long;
@@ -105,13 +106,13 @@ pub struct Args {
 pub enum Command {
     /// Print an HS256 client token for `--jwt-secret`.
     Token {
-        /// The secret (as given to the server's --jwt-secret).
+        /// The secret (as given to the server's --jwt-secret; not empty).
         #[arg(long, env = "WSPUSH_JWT_SECRET", hide_env_values = true)]
         secret: String,
-        /// The user id (`sub` claim).
+        /// The user id (`sub` claim; not empty).
         #[arg(long)]
         sub: String,
-        /// Lifetime, e.g. `1h`, `30m`, `3600s`.
+        /// Lifetime (the `exp` claim is now + ttl), e.g. `1h`, `30m`, `3600s`.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
         /// Channel (or pattern) the token may subscribe to (repeatable); none: any.
@@ -201,7 +202,131 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
+/// A secret shorter than this draws a warning (HS256 keys should carry at
+/// least the hash's 256 bits).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Check an HS256 secret: an error when empty, a warning when short.
+fn check_secret(flag: &str, secret: &str, warnings: &mut Vec<String>) -> Result<(), String> {
+    if secret.is_empty() {
+        return Err(format!(
+            "{flag} is empty: anyone could sign tokens with an empty key (an unset \
+             variable in a template leaves WSPUSH_JWT_SECRET= empty); give a secret \
+             of at least {MIN_SECRET_LEN} random bytes"
+        ));
+    }
+    if secret.len() < MIN_SECRET_LEN {
+        warnings.push(format!(
+            "{flag} is {} bytes long; use at least {MIN_SECRET_LEN} random bytes",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
 impl Args {
+    /// Check the flags once, before anything starts: values that cannot work
+    /// are an error naming the flag; doubtful ones come back as warnings.
+    pub fn validate(&self) -> Result<Vec<String>, String> {
+        let mut warnings = Vec::new();
+        if let Some(Command::Token {
+            secret, sub, ttl, ..
+        }) = &self.command
+        {
+            check_secret("--secret", secret, &mut warnings)?;
+            if sub.is_empty() {
+                return Err("--sub is empty: a token needs a user id".into());
+            }
+            if ttl.as_secs() == 0 {
+                return Err(
+                    "--ttl must be at least 1s (the token would be expired at once)".into(),
+                );
+            }
+            return Ok(warnings);
+        }
+        let positive = [
+            ("--max-message-size", self.max_message_size),
+            ("--max-buffered", self.max_buffered),
+            ("--max-publish-size", self.max_publish_size),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(format!("{flag} must be more than 0 bytes"));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err("--max-connections must be at least 1".into());
+        }
+        match self.workers {
+            Some(0) => {
+                return Err("--workers must be at least 1 (leave it out for one per CPU)".into())
+            }
+            Some(n) if n > crate::server::hub::MAX_WORKERS => {
+                return Err(format!(
+                    "--workers must be at most {}",
+                    crate::server::hub::MAX_WORKERS
+                ))
+            }
+            _ => {}
+        }
+        for (flag, d) in [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--drain-timeout", self.drain_timeout),
+        ] {
+            if d < Duration::from_millis(1) {
+                return Err(format!("{flag} must be at least 1ms"));
+            }
+        }
+        let ping = Some(self.ping_interval).filter(|d| !d.is_zero());
+        let idle = Some(self.idle_timeout).filter(|d| !d.is_zero());
+        if let (Some(ping), Some(idle)) = (ping, idle) {
+            if idle <= ping {
+                return Err(format!(
+                    "--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?}), \
+                     or a quiet but live client is closed before it is pinged \
+                     (0 disables either)"
+                ));
+            }
+        }
+        for p in &self.protocols {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                return Err(format!(
+                    "--protocol {p:?} is not a subprotocol token (printable ASCII, no comma)"
+                ));
+            }
+        }
+        for p in &self.client_publish {
+            if p.is_empty() {
+                return Err("--client-publish needs a non-empty pattern".into());
+            }
+        }
+        if let Some(secret) = &self.jwt_secret {
+            check_secret("--jwt-secret (WSPUSH_JWT_SECRET)", secret, &mut warnings)?;
+        } else if self.allow_non_expiring_tokens {
+            return Err("--allow-non-expiring-tokens needs --jwt-secret".into());
+        }
+        if let Some(key) = &self.api_key {
+            if key.is_empty() {
+                return Err(
+                    "--api-key (WSPUSH_API_KEY) is empty: no request could ever match it \
+                     (leave it unset to answer loopback clients only)"
+                        .into(),
+                );
+            }
+            if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(
+                    "--api-key (WSPUSH_API_KEY) contains whitespace or control characters: \
+                     no `Authorization: Bearer` header could carry it"
+                        .into(),
+                );
+            }
+        }
+        if self.api_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err("--api-listen must differ from --listen".into());
+        }
+        Ok(warnings)
+    }
+
     /// The server configuration these flags describe.
     pub fn config(&self) -> Config {
         Config {
@@ -317,6 +442,9 @@ fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
 
 /// Run the daemon until a signal ends the drain (or run a subcommand).
 pub fn run(args: Args) -> io::Result<()> {
+    for w in args.validate().map_err(io::Error::other)? {
+        log::warn!("{w}");
+    }
     if let Some(Command::Token {
         secret,
         sub,
