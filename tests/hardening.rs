@@ -344,6 +344,21 @@ fn tokens_need_sub_and_exp_unless_non_expiring_ones_are_allowed() {
     assert!(help.contains("`exp` (required"), "{help}");
 }
 
+// Item 6.
+#[test]
+fn ipv4_mapped_loopback_is_loopback_for_the_api() {
+    let d = Daemon::start_on("[::]:0", &["--workers", "1"]);
+    assert!(d.addr.is_ipv6(), "{}", d.addr);
+    let v4: SocketAddr = ([127, 0, 0, 1], d.addr.port()).into();
+    let v6: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, d.addr.port()).into();
+    for addr in [v4, v6] {
+        let (st, body) = publish_json(addr, "c", "1");
+        assert_eq!(st, 200, "from {addr}: {body}");
+        let (st, _) = http(addr, "GET", "/stats", "", b"");
+        assert_eq!(st, 200, "from {addr}");
+    }
+}
+
 // Item 10.
 #[test]
 fn sighup_and_sigusr_do_not_kill_and_sigquit_drains_with_1001() {

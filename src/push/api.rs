@@ -112,9 +112,13 @@ fn authorize(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Resul
             }
         }
         None => {
-            if info.peer.is_some_and(|p| p.ip().is_loopback()) {
+            if info.peer.is_some_and(|p| is_loopback(p.ip())) {
                 Ok(())
             } else {
+                log::debug!(
+                    "API request from {:?} refused: not loopback and no --api-key",
+                    info.peer
+                );
                 Err(json_error(
                     403,
                     "without --api-key the API only answers on loopback",
@@ -122,6 +126,13 @@ fn authorize(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Resul
             }
         }
     }
+}
+
+/// Whether `ip` is loopback, counting an IPv4-mapped IPv6 address
+/// (`::ffff:127.0.0.1`, how an IPv4 client reaches a dual-stack `[::]`
+/// listener) as the IPv4 address it carries.
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// The request body as the JSON text of the push's data.
@@ -244,4 +255,31 @@ fn disconnect(svc: &PushService, raw: &str) -> Response {
         200,
         format!("{{\"connection\":\"{id}\",\"closed\":true}}\n"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_includes_ipv4_mapped() {
+        for ip in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:127.9.9.9",
+        ] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+            "::2",
+            "::127.0.0.1",
+            "fe80::1",
+        ] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+    }
 }
