@@ -55,6 +55,10 @@ fn next_json(ws: &mut tungstenite::WebSocket<TcpStream>) -> Value {
     }
 }
 
+fn nest(depth: usize) -> String {
+    "[".repeat(depth) + "1" + &"]".repeat(depth)
+}
+
 /// Assert that `wspush <args>` (with `env`) refuses to start: a non-zero
 /// exit, and a message containing each of `needles`.
 fn refused(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
@@ -397,4 +401,55 @@ fn sighup_and_sigusr_do_not_kill_and_sigquit_drains_with_1001() {
     let st = d.wait_exit(IO_TIMEOUT).expect("exits after the drain");
     assert!(st.success(), "{st:?}");
     assert!(d.logged("SIGQUIT: shutting down"), "{}", d.log_text());
+}
+
+// Item 12.
+#[test]
+fn one_json_depth_limit_for_the_api_and_client_publish() {
+    const MAX: usize = wspush::push::envelope::MAX_JSON_DEPTH;
+    let d = Daemon::start(&["--workers", "2", "--client-publish", "c"]);
+    let mut sub = ws(&d, "/ws?channel=c");
+    assert_eq!(next_json(&mut sub)["op"], "welcome");
+
+    // The API: at the limit it is relayed, over it (or far over) 400.
+    let (st, body) = publish_json(d.addr, "c", &nest(MAX));
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        next_json(&mut sub)["data"],
+        serde_json::from_str::<Value>(&nest(MAX)).unwrap()
+    );
+    for depth in [MAX + 1, 500_000] {
+        let (st, body) = publish_json(d.addr, "c", &nest(depth));
+        assert_eq!(st, 400, "depth {depth}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON error body");
+        assert!(
+            v["error"].as_str().unwrap().starts_with("invalid body"),
+            "{v}"
+        );
+    }
+    // The client path, the same limit.
+    let mut publisher = ws(&d, "/ws");
+    assert_eq!(next_json(&mut publisher)["op"], "welcome");
+    let msg = |depth: usize| {
+        format!(
+            r#"{{"op":"publish","channel":"c","data":{},"id":{depth}}}"#,
+            nest(depth)
+        )
+    };
+    publisher.send(TMsg::Text(msg(MAX))).unwrap();
+    assert_eq!(next_json(&mut publisher)["op"], "published");
+    assert_eq!(
+        next_json(&mut sub)["data"],
+        serde_json::from_str::<Value>(&nest(MAX)).unwrap()
+    );
+    for depth in [MAX + 1, 500_000] {
+        publisher.send(TMsg::Text(msg(depth))).unwrap();
+        let e = next_json(&mut publisher);
+        assert_eq!(e["op"], "error", "depth {depth}: {e}");
+        assert_eq!(e["code"], "invalid_json", "{e}");
+    }
+    // Nothing over the limit reached the subscriber: the next push is the next one.
+    let (st, _) = publish_json(d.addr, "c", "\"last\"");
+    assert_eq!(st, 200);
+    assert_eq!(next_json(&mut sub)["data"], "last");
 }

@@ -145,6 +145,13 @@ fn data_of(req: &Request<'_>) -> Result<String, Response> {
         return Err(json_error(400, "body is not valid UTF-8"));
     };
     if is_json {
+        if envelope::nested_deeper_than(text.as_bytes(), envelope::MAX_JSON_DEPTH) {
+            log::debug!("API body refused: {}", envelope::DEPTH_RULE);
+            return Err(json_error(
+                400,
+                &format!("invalid body: {}", envelope::DEPTH_RULE),
+            ));
+        }
         // One validating pass, no document built: the publisher's JSON text
         // goes into the envelope as it was sent.
         match serde_json::from_str::<&serde_json::value::RawValue>(text) {
