@@ -400,7 +400,7 @@ fn sighup_and_sigusr_do_not_kill_and_sigquit_drains_with_1001() {
     while c.read().is_ok() {}
     let st = d.wait_exit(IO_TIMEOUT).expect("exits after the drain");
     assert!(st.success(), "{st:?}");
-    assert!(d.logged("SIGQUIT: shutting down"), "{}", d.log_text());
+    assert!(d.wait_logged("SIGQUIT: shutting down"), "{}", d.log_text());
 }
 
 // Item 12.
