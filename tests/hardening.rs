@@ -144,6 +144,8 @@ fn nonsense_flags_are_refused_naming_the_flag() {
         (&["--protocol", "a b"], "--protocol"),
         (&["--protocol", ""], "--protocol"),
         (&["--client-publish", ""], "--client-publish"),
+        (&["--origin", "https://example.com/"], "--origin"),
+        (&["--origin", ""], "--origin"),
         (&["--allow-non-expiring-tokens"], "--jwt-secret"),
     ] {
         let mut all = vec![L, ANY];
@@ -153,7 +155,8 @@ fn nonsense_flags_are_refused_naming_the_flag() {
     // Edge values that do work still start: either interval off, or idle
     // just longer than ping.
     for args in [
-        &["--ping-interval", "0", "--idle-timeout", "5s"][..],
+        &["--origin", "https://example.com:8443", "--origin", "null"][..],
+        &["--ping-interval", "0", "--idle-timeout", "5s"],
         &["--ping-interval", "5s", "--idle-timeout", "0"],
         &["--ping-interval", "5s", "--idle-timeout", "6s"],
     ] {

@@ -295,6 +295,19 @@ impl Args {
                 ));
             }
         }
+        for o in &self.origins {
+            // Browsers send `scheme://host[:port]` (or `null`), never a path
+            // or a trailing slash: such an entry could never match.
+            let path = o
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('/'));
+            if o.is_empty() || path || o.chars().any(|c| c.is_whitespace()) {
+                return Err(format!(
+                    "--origin {o:?} can never match: browsers send scheme://host[:port], \
+                     e.g. https://example.com, without a path or trailing slash"
+                ));
+            }
+        }
         for p in &self.client_publish {
             if p.is_empty() {
                 return Err("--client-publish needs a non-empty pattern".into());

@@ -56,7 +56,7 @@ fn probe(addr: SocketAddr) -> io::Result<SocketAddr> {
 pub(crate) fn bind_all(cfg: &Config) -> io::Result<Listeners> {
     let n = cfg.workers.max(1);
     if cfg.share_port {
-        return bind_group(cfg, cfg.listen, n);
+        return bind_group(cfg, cfg.listen, n).map_err(|e| in_use(cfg.listen, e));
     }
     let addr = probe(cfg.listen).map_err(|e| in_use(cfg.listen, e))?;
     let listeners = bind_group(cfg, addr, n).map_err(|e| in_use(cfg.listen, e))?;
