@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod daemon;
 pub mod protocol;
 pub mod push;

@@ -186,6 +186,7 @@ fn a_second_daemon_on_the_same_port_fails_whatever_the_workers() {
         // (its subscriber receives every publication sent through new ones).
         let mut sub = ws(&a, "/ws?channel=c");
         assert_eq!(next_json(&mut sub)["op"], "welcome");
+        assert_eq!(next_json(&mut sub)["op"], "subscribed");
         for i in 0..20 {
             let (st, body) = publish_json(a.addr, "c", &i.to_string());
             assert_eq!(st, 200, "{body}");
@@ -413,6 +414,7 @@ fn one_json_depth_limit_for_the_api_and_client_publish() {
     let d = Daemon::start(&["--workers", "2", "--client-publish", "c"]);
     let mut sub = ws(&d, "/ws?channel=c");
     assert_eq!(next_json(&mut sub)["op"], "welcome");
+    assert_eq!(next_json(&mut sub)["op"], "subscribed");
 
     // The API: at the limit it is relayed, over it (or far over) 400.
     let (st, body) = publish_json(d.addr, "c", &nest(MAX));

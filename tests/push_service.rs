@@ -5,77 +5,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
+use common::push::*;
 use common::*;
 use serde_json::Value;
 use tungstenite::Message as TMsg;
 use wspush::push::auth::mint_hs256;
 use wspush::push::unix_now;
-
-type Ws = tungstenite::WebSocket<TcpStream>;
-
-/// One HTTP request, `Connection: close`; returns (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = status_of(&out);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn json(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s:?}"))
-}
-
-fn publish(addr: SocketAddr, channel: &str, data: &str) -> Value {
-    let (st, body) = http(
-        addr,
-        "POST",
-        &format!("/publish/{channel}"),
-        "Content-Type: application/json\r\n",
-        data.as_bytes(),
-    );
-    assert_eq!(st, 200, "{body}");
-    json(&body)
-}
-
-/// Connect to `/ws` with a query; returns the socket and its welcome.
-fn connect(d: &Daemon, query: &str) -> (Ws, Value) {
-    let mut ws = ws(d, &format!("/ws{query}"));
-    let welcome = next_json(&mut ws);
-    assert_eq!(welcome["op"], "welcome", "{welcome}");
-    (ws, welcome)
-}
-
-fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read") {
-            TMsg::Text(t) => return json(&t),
-            TMsg::Ping(_) | TMsg::Pong(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn op(ws: &mut Ws, v: Value) -> Value {
-    ws.send(TMsg::Text(v.to_string())).unwrap();
-    next_json(ws)
-}
 
 fn worker_of(welcome: &Value) -> u64 {
     welcome["connection"]
@@ -150,12 +89,19 @@ fn publications_reach_exactly_their_subscribers_across_4_workers_in_seq_order() 
 fn unsubscribe_stops_delivery_and_subscribe_errors() {
     let d = Daemon::start(&["--workers", "2", "--max-channels-per-conn", "2"]);
     let (mut ws, _) = connect(&d, "");
+    let r = op(
+        &mut ws,
+        serde_json::json!({"op":"subscribe","channel":"x","id":1}),
+    );
     assert_eq!(
-        op(
-            &mut ws,
-            serde_json::json!({"op":"subscribe","channel":"x","id":1})
+        (&r["op"], &r["channel"], &r["id"], &r["seq"]),
+        (
+            &Value::from("subscribed"),
+            &Value::from("x"),
+            &Value::from(1),
+            &Value::from(0)
         ),
-        serde_json::json!({"op":"subscribed","channel":"x","id":1})
+        "{r}"
     );
     publish(d.addr, "x", "1");
     assert_eq!(next_json(&mut ws)["data"], 1);

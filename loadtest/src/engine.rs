@@ -862,6 +862,9 @@ fn on_push(c: &mut Conn, cx: &mut Cx, len: usize, frame: PushFrame, now: u64) {
         }
         return;
     }
+    if frame == PushFrame::Subscribed {
+        return;
+    }
     cx.r.received += 1;
     if now < cx.deadline {
         cx.r.received_in_window += 1;

@@ -309,6 +309,8 @@ pub fn json_u64_after(hay: &[u8], key: &[u8], from: usize) -> Option<(u64, usize
 pub enum PushFrame {
     /// `{"op":"welcome",...}`
     Welcome,
+    /// `{"op":"subscribed",...}`: the answer for a channel of the query.
+    Subscribed,
     /// `{"channel":"NAME","seq":N,"data":"<stamp>..."}`: stamp and server seq.
     Push(Probe, u64),
     /// Anything else (another channel, an error, not our stamp).
@@ -320,6 +322,9 @@ pub enum PushFrame {
 pub fn parse_push(t: &[u8], chan: &[u8]) -> PushFrame {
     if t.starts_with(b"{\"op\":\"welcome\"") {
         return PushFrame::Welcome;
+    }
+    if t.starts_with(b"{\"op\":\"subscribed\"") {
+        return PushFrame::Subscribed;
     }
     // The server's envelope starts with the channel; look there first.
     let Some(c) = (if t.get(1..1 + chan.len()) == Some(chan) {

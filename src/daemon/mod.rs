@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::broker::history::HistoryConfig;
 use crate::protocol::{HandshakeConfig, HttpLimits};
 use crate::push::channel::Pattern;
 use crate::push::{auth, PushConfig, PushService, Shared};
@@ -99,6 +100,17 @@ pub struct Args {
     /// Largest body of an API request (a publication), in bytes; larger → 413.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_publish_size: usize,
+    /// Publications kept per channel, for clients that resume after a
+    /// disconnect (`0` turns history off).
+    #[arg(long, default_value_t = 100)]
+    pub history_size: usize,
+    /// How long a publication stays in its channel's history, e.g. `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+    /// Bytes the history of all channels may take (each entry is charged
+    /// its frame, its channel name and 256 B); past it the oldest go first.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub history_max_bytes: usize,
 }
 
 /// Subcommands.
@@ -363,6 +375,11 @@ impl Args {
                 ..HttpLimits::default()
             },
             share_port: self.reuse_port,
+            history: HistoryConfig {
+                size: self.history_size,
+                ttl: self.history_ttl,
+                max_bytes: self.history_max_bytes,
+            },
             ..Config::default()
         }
     }

@@ -34,6 +34,23 @@ pub fn frame_header_into(out: &mut Vec<u8>, fin: bool, opcode: OpCode, len: usiz
     out.extend_from_slice(&hb[..n]);
 }
 
+/// Length of the header of the unmasked or masked frame that `frame` starts
+/// with (0 if `frame` is too short to hold one).
+pub fn header_len(frame: &[u8]) -> usize {
+    let Some(&b1) = frame.get(1) else { return 0 };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let n = match b1 & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    } + mask;
+    if frame.len() < n {
+        0
+    } else {
+        n
+    }
+}
+
 /// Encode one unmasked, final frame into a fresh exact-size buffer shared by
 /// reference count: encode once, queue on every recipient.
 pub fn shared(opcode: OpCode, payload: &[u8]) -> Arc<[u8]> {

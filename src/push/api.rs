@@ -2,11 +2,12 @@
 //!
 //! | request | effect | answer |
 //! |---|---|---|
-//! | `POST /publish/{channel}` | push to the channel's subscribers | `{"channel","seq","recipients"}` |
+//! | `POST /publish/{channel}` | push to the channel's subscribers | `{"channel","seq","epoch","recipients"}` |
 //! | `POST /broadcast` | push to every connection | `{"recipients"}` |
 //! | `POST /send/{connection_id}` | push to one connection | `{"connection","recipients"}` |
 //! | `POST /users/{user_id}/send` | push to every connection of a user | `{"user","recipients"}` |
 //! | `DELETE /connections/{id}` | close a connection (1000) | `{"connection","closed"}` |
+//! | `GET /history/{channel}?since=N&epoch=E&limit=M` | publications after N | `{"channel","seq","epoch","complete","publications":[{"seq","data"}]}` |
 //! | `GET /stats`, `GET /metrics` | counters (JSON, Prometheus) | |
 //!
 //! The body of a push is its data: a JSON value when the request says
@@ -18,7 +19,8 @@ use std::sync::atomic::Ordering;
 
 use super::channel::valid_name;
 use super::envelope::{self, json_str};
-use super::{auth, json_error, metrics, parse_conn_id, user_topic, PushService};
+use super::{auth, json_error, metrics, parse_conn_id, user_topic, PushService, NO_HISTORY};
+use crate::broker::{Encoded, Epoch, Position, PublishOptions};
 use crate::protocol::http::percent_decode;
 use crate::protocol::{close, Request};
 use crate::server::{ConnInfo, Response};
@@ -53,6 +55,7 @@ pub fn serve(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Optio
         Route::Send => send(svc, req, &path["/send/".len()..]),
         Route::UserSend => user_send(svc, req, &path["/users/".len()..path.len() - "/send".len()]),
         Route::Disconnect => disconnect(svc, &path["/connections/".len()..]),
+        Route::History => history(svc, req, &path["/history/".len()..]),
     })
 }
 
@@ -65,6 +68,7 @@ enum Route {
     Send,
     UserSend,
     Disconnect,
+    History,
 }
 
 impl Route {
@@ -82,13 +86,14 @@ impl Route {
                 Route::UserSend
             }
             p if p.starts_with("/connections/") => Route::Disconnect,
+            p if p.starts_with("/history/") => Route::History,
             _ => return None,
         })
     }
 
     fn method(self) -> &'static str {
         match self {
-            Route::Stats | Route::Metrics => "GET",
+            Route::Stats | Route::Metrics | Route::History => "GET",
             Route::Disconnect => "DELETE",
             _ => "POST",
         }
@@ -178,14 +183,17 @@ fn publish(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
     };
     let p = svc
         .handle()
-        .publish_seq(&channel, |seq| envelope::channel_push(&channel, seq, &data));
+        .publish_with(&channel, PublishOptions::default(), |seq| {
+            envelope::channel_push(&channel, seq, &data)
+        });
     count(svc);
     Response::json(
         200,
         format!(
-            "{{\"channel\":{},\"seq\":{},\"recipients\":{}}}\n",
+            "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",\"recipients\":{}}}\n",
             json_str(&channel),
             p.seq,
+            p.epoch,
             p.recipients
         ),
     )
@@ -235,9 +243,12 @@ fn user_send(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
         Ok(d) => d,
         Err(r) => return r,
     };
+    let frame = envelope::direct_push(&data);
     let p = svc
         .handle()
-        .publish(&user_topic(&user), envelope::direct_push(&data));
+        .publish_with(&user_topic(&user), NO_HISTORY, |_| {
+            Encoded::whole(frame.clone())
+        });
     count(svc);
     Response::json(
         200,
@@ -262,6 +273,57 @@ fn disconnect(svc: &PushService, raw: &str) -> Response {
         200,
         format!("{{\"connection\":\"{id}\",\"closed\":true}}\n"),
     )
+}
+
+/// Most publications one history request returns.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+fn history(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
+    let channel = percent_decode(raw).unwrap_or_default();
+    if !valid_name(&channel) {
+        return json_error(400, super::CHANNEL_RULE);
+    }
+    let (mut since, mut epoch, mut limit) = (None, None, 100);
+    for (k, v) in req.query_pairs() {
+        match k {
+            "since" => match v.parse::<u64>() {
+                Ok(n) => since = Some(n),
+                Err(_) => return json_error(400, "since is a sequence number"),
+            },
+            "epoch" => match v.parse::<Epoch>() {
+                Ok(e) => epoch = Some(e),
+                Err(_) => return json_error(400, "epoch is 16 hex digits"),
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => limit = n,
+                _ => return json_error(400, "limit is 1 to 1000"),
+            },
+            _ => {}
+        }
+    }
+    let since = since.map(|seq| Position {
+        seq,
+        // Without an epoch the caller means "this stream, whatever its epoch".
+        epoch: epoch.unwrap_or(Epoch(0)),
+    });
+    let page = svc.handle().broker().history(&channel, since, limit);
+    let mut body = format!(
+        "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",\"complete\":{},\"publications\":[",
+        json_str(&channel),
+        page.position.seq,
+        page.position.epoch,
+        page.complete
+    );
+    for (i, p) in page.publications.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("{{\"seq\":{},\"data\":", p.seq));
+        body.push_str(&String::from_utf8_lossy(p.payload()));
+        body.push('}');
+    }
+    body.push_str("]}\n");
+    Response::json(200, body)
 }
 
 #[cfg(test)]

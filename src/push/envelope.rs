@@ -3,13 +3,15 @@
 
 use serde_json::Value;
 
+use crate::broker::{Encoded, Epoch, Position};
 use crate::server::Frame;
 
 /// A client's control message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Control {
-    /// `{"op":"subscribe","channel":"x"}`
-    Subscribe(String),
+    /// `{"op":"subscribe","channel":"x"}`, resuming after
+    /// `"since":{"seq":N,"epoch":"E"}` when given.
+    Subscribe(String, Option<Position>),
     /// `{"op":"unsubscribe","channel":"x"}`
     Unsubscribe(String),
     /// `{"op":"publish","channel":"x","data":...}` (data as JSON text)
@@ -117,7 +119,12 @@ pub fn parse(text: &str) -> Parsed {
         }
     };
     let control = match o.get("op").and_then(Value::as_str) {
-        Some("subscribe") => channel().map(Control::Subscribe),
+        Some("subscribe") => match (channel(), o.get("since").map(since_of)) {
+            (Ok(c), None) => Ok(Control::Subscribe(c, None)),
+            (Ok(c), Some(Some(p))) => Ok(Control::Subscribe(c, Some(p))),
+            (Err(e), _) => Err(e),
+            (_, Some(None)) => bad("invalid_message", SINCE_RULE),
+        },
         Some("unsubscribe") => channel().map(Control::Unsubscribe),
         Some("publish") => match (channel(), o.remove("data")) {
             (Ok(c), Some(d)) => Ok(Control::Publish(c, d.to_string())),
@@ -129,6 +136,25 @@ pub fn parse(text: &str) -> Parsed {
         None => bad("invalid_message", "missing string field \"op\""),
     };
     Parsed { control, id }
+}
+
+/// What a malformed `since` is told.
+pub const SINCE_RULE: &str = "since must be {\"seq\":N,\"epoch\":\"<16 hex digits>\"}";
+
+/// A resume position from `{"seq":N,"epoch":"E"}`.
+fn since_of(v: &Value) -> Option<Position> {
+    let seq = v.get("seq")?.as_u64()?;
+    let epoch = v.get("epoch")?.as_str()?.parse::<Epoch>().ok()?;
+    Some(Position { seq, epoch })
+}
+
+/// A resume position from the query form `N:E` (after the channel name).
+pub fn since_query(v: &str) -> Option<(&str, Position)> {
+    let mut it = v.rsplitn(3, ':');
+    let epoch = it.next()?.parse::<Epoch>().ok()?;
+    let seq = it.next()?.parse::<u64>().ok()?;
+    let channel = it.next()?;
+    Some((channel, Position { seq, epoch }))
 }
 
 /// Append `,"id":<id>` when the client gave one.
@@ -151,6 +177,29 @@ pub fn json_str(s: &str) -> String {
 pub fn reply_channel(op: &str, channel: &str, id: Option<&str>) -> String {
     with_id(
         format!("{{\"op\":\"{op}\",\"channel\":{}}}", json_str(channel)),
+        id,
+    )
+}
+
+/// `{"op":"subscribed","channel":"x","seq":S,"epoch":"E"}`, plus
+/// `"recovered":true|false` for a resume (+ id).
+pub fn reply_subscribed(
+    channel: &str,
+    position: Position,
+    recovered: Option<bool>,
+    id: Option<&str>,
+) -> String {
+    let recovered = match recovered {
+        Some(r) => format!(",\"recovered\":{r}"),
+        None => String::new(),
+    };
+    with_id(
+        format!(
+            "{{\"op\":\"subscribed\",\"channel\":{},\"seq\":{},\"epoch\":\"{}\"{recovered}}}",
+            json_str(channel),
+            position.seq,
+            position.epoch
+        ),
         id,
     )
 }
@@ -194,17 +243,25 @@ pub fn welcome(connection: u64, user: Option<&str>, channels: &[String]) -> Stri
 }
 
 /// The push for a channel publication: `{"channel":"x","seq":N,"data":D}`,
-/// encoded once into a shared frame. `data` is JSON text.
-pub fn channel_push(channel: &str, seq: u64, data: &str) -> Frame {
+/// encoded once into a shared frame. `data` is JSON text; the returned
+/// payload range is where it lies in the frame.
+pub fn channel_push(channel: &str, seq: u64, data: &str) -> Encoded {
     let mut s = String::with_capacity(channel.len() + data.len() + 40);
     s.push_str("{\"channel\":");
     s.push_str(&json_str(channel));
     s.push_str(",\"seq\":");
     s.push_str(&seq.to_string());
     s.push_str(",\"data\":");
+    let start = s.len();
     s.push_str(data);
+    let end = s.len();
     s.push('}');
-    Frame::text(&s)
+    let frame = Frame::text(&s);
+    let header = frame.len() - s.len();
+    Encoded {
+        frame,
+        payload: header + start..header + end,
+    }
 }
 
 /// The push for a broadcast: `{"broadcast":true,"data":D}`.
@@ -225,8 +282,46 @@ mod tests {
     fn parses_every_op_and_rejects_garbage() {
         assert_eq!(
             parse(r#"{"op":"subscribe","channel":"a"}"#).control,
-            Ok(Control::Subscribe("a".into()))
+            Ok(Control::Subscribe("a".into(), None))
         );
+        assert_eq!(
+            parse(
+                r#"{"op":"subscribe","channel":"a","since":{"seq":4,"epoch":"00000000000000ff"}}"#
+            )
+            .control,
+            Ok(Control::Subscribe(
+                "a".into(),
+                Some(Position {
+                    seq: 4,
+                    epoch: Epoch(255)
+                })
+            ))
+        );
+        for bad_since in [
+            r#"{"seq":-1,"epoch":"00000000000000ff"}"#,
+            r#"{"seq":1,"epoch":"ff"}"#,
+            r#"{"seq":1}"#,
+            r#"7"#,
+        ] {
+            let m = format!(r#"{{"op":"subscribe","channel":"a","since":{bad_since}}}"#);
+            assert_eq!(
+                parse(&m).control.unwrap_err().code,
+                "invalid_message",
+                "{m}"
+            );
+        }
+        assert_eq!(
+            since_query("a:b:3:00000000000000ff"),
+            Some((
+                "a:b",
+                Position {
+                    seq: 3,
+                    epoch: Epoch(255)
+                }
+            ))
+        );
+        assert_eq!(since_query("a:x:00000000000000ff"), None);
+        assert_eq!(since_query("3:00000000000000ff"), None);
         assert_eq!(
             parse(r#"{"op":"unsubscribe","channel":"a"}"#).control,
             Ok(Control::Unsubscribe("a".into()))
@@ -309,9 +404,23 @@ mod tests {
             let v: Value = serde_json::from_str(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
             assert!(v.is_object());
         }
-        let f = channel_push("a", 5, "{\"x\":1}");
-        let v: Value = serde_json::from_slice(&f.bytes()[2..]).unwrap();
+        let e = channel_push("a", 5, "{\"x\":1}");
+        let v: Value = serde_json::from_slice(&e.frame.bytes()[2..]).unwrap();
         assert_eq!(v["seq"], 5);
         assert_eq!(v["data"]["x"], 1);
+        assert_eq!(&e.frame.bytes()[e.payload], b"{\"x\":1}");
+        let s = reply_subscribed(
+            "a",
+            Position {
+                seq: 3,
+                epoch: Epoch(1),
+            },
+            Some(false),
+            Some("9"),
+        );
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["epoch"], "0000000000000001");
+        assert_eq!(v["recovered"], false);
+        assert_eq!(v["id"], 9);
     }
 }

@@ -43,7 +43,8 @@ const REFUSALS: [(&str, &str); 10] = [
 /// The `/stats` document.
 pub fn stats_json(svc: &PushService) -> String {
     let st = svc.handle().stats();
-    let (channels, subscriptions) = svc.handle().topic_totals();
+    let h = svc.handle().broker().totals();
+    let (channels, subscriptions) = (h.active_channels, h.subscriptions);
     let t = &st.total;
     let workers: Vec<String> = st
         .workers
@@ -71,6 +72,7 @@ pub fn stats_json(svc: &PushService) -> String {
     format!(
         "{{\"uptime_secs\":{:.3},\"connections\":{{\"open\":{},\"websockets\":{},\"accepted_total\":{},\"upgrades_total\":{}}},\
 \"workers\":[{}],\"channels\":{channels},\"subscriptions\":{subscriptions},\
+\"history\":{{\"channels_held\":{},\"entries\":{},\"bytes\":{},\"evicted\":{}}},\
 \"messages\":{{\"in\":{},\"out\":{}}},\"bytes\":{{\"in\":{},\"out\":{}}},\"publications\":{},\
 \"http_requests\":{},\"disconnects\":{{{}}},\"refused\":{{{}}},\"accept_errors\":{}}}\n",
         st.uptime_secs,
@@ -79,6 +81,10 @@ pub fn stats_json(svc: &PushService) -> String {
         get(t, "accepted_total"),
         get(t, "upgrades_total"),
         workers.join(","),
+        h.channels,
+        h.history_entries,
+        h.history_bytes,
+        h.history_evicted,
         get(t, "messages_in_total"),
         get(t, "messages_out_total"),
         get(t, "bytes_in_total"),
@@ -98,7 +104,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// The `/metrics` page in Prometheus text format 0.0.4.
 pub fn prometheus(svc: &PushService) -> String {
     let st = svc.handle().stats();
-    let (channels, subscriptions) = svc.handle().topic_totals();
+    let h = svc.handle().broker().totals();
+    let (channels, subscriptions) = (h.active_channels, h.subscriptions);
     let t = &st.total;
     let mut o = String::with_capacity(4096);
     family(
@@ -127,7 +134,7 @@ pub fn prometheus(svc: &PushService) -> String {
             get(w, "websockets")
         );
     }
-    let simple: [(&str, &str, &str, u64); 11] = [
+    let simple: [(&str, &str, &str, u64); 15] = [
         (
             "wspush_connections_accepted_total",
             "counter",
@@ -193,6 +200,30 @@ pub fn prometheus(svc: &PushService) -> String {
             "gauge",
             "Subscriptions, all connections.",
             subscriptions,
+        ),
+        (
+            "wspush_channels_held",
+            "gauge",
+            "Channels whose state is held (subscribers or history).",
+            h.channels,
+        ),
+        (
+            "wspush_history_entries",
+            "gauge",
+            "Publications held in channel history.",
+            h.history_entries,
+        ),
+        (
+            "wspush_history_bytes",
+            "gauge",
+            "Bytes charged to channel history (frame, name and a fixed overhead per entry).",
+            h.history_bytes,
+        ),
+        (
+            "wspush_history_evicted_total",
+            "counter",
+            "History entries evicted by the byte cap before their time.",
+            h.history_evicted,
         ),
     ];
     for (name, kind, help, v) in simple {

@@ -25,6 +25,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::broker::{Encoded, Position, PublishOptions};
 use crate::protocol::http::percent_decode;
 use crate::protocol::{close, HttpError, Message, Request};
 use crate::server::{CloseReason, ConnId, ConnInfo, Context, Frame, Handle, Handler, Response};
@@ -151,8 +152,9 @@ struct SessionExtra {
     user: Option<Arc<str>>,
     /// The token, when it has a `channels` claim.
     allowed: Option<auth::Claims>,
-    /// Channels from the query string, subscribed on open.
-    initial: Vec<String>,
+    /// Channels from the query string, subscribed on open (with the
+    /// position to resume after, from `since=`).
+    initial: Vec<(String, Option<Position>)>,
 }
 
 /// Seconds since the first call (a process-wide coarse clock).
@@ -318,7 +320,7 @@ impl PushService {
             Err(e) => return self.strike(s, ctx, e.code, e.message, id),
         };
         // Every op but ping names a channel: check it once.
-        if let Control::Subscribe(ch) | Control::Unsubscribe(ch) | Control::Publish(ch, _) =
+        if let Control::Subscribe(ch, _) | Control::Unsubscribe(ch) | Control::Publish(ch, _) =
             &control
         {
             if !valid_name(ch) {
@@ -327,10 +329,10 @@ impl PushService {
         }
         let refusal = match &control {
             Control::Ping => None,
-            Control::Subscribe(ch) if !s.allows(ch) => {
+            Control::Subscribe(ch, _) if !s.allows(ch) => {
                 Some(("forbidden", "the token does not allow this channel"))
             }
-            Control::Subscribe(_) => {
+            Control::Subscribe(..) => {
                 let own = usize::from(s.user().is_some());
                 (ctx.subscriptions().saturating_sub(own) >= self.shared.cfg.max_channels_per_conn)
                     .then_some(("too_many_channels", "subscription limit reached"))
@@ -345,9 +347,15 @@ impl PushService {
         }
         match control {
             Control::Ping => ctx.send_text(&envelope::reply_pong(id)),
-            Control::Subscribe(ch) => {
-                ctx.subscribe(&ch);
-                ctx.send_text(&envelope::reply_channel("subscribed", &ch, id));
+            Control::Subscribe(ch, since) => {
+                if !subscribe(ctx, &ch, since, id) {
+                    // Harmless (no strike); the subscription goes on as it was.
+                    ctx.send_text(&envelope::reply_error(
+                        "already_subscribed",
+                        "already subscribed to this channel",
+                        id,
+                    ));
+                }
             }
             Control::Unsubscribe(ch) => {
                 if !ctx.unsubscribe(&ch) {
@@ -364,7 +372,9 @@ impl PushService {
             Control::Publish(ch, data) => {
                 let p = self
                     .handle
-                    .publish_seq(&ch, |seq| envelope::channel_push(&ch, seq, &data));
+                    .publish_with(&ch, PublishOptions::default(), |seq| {
+                        envelope::channel_push(&ch, seq, &data)
+                    });
                 self.shared
                     .publications
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -388,21 +398,32 @@ impl Handler for PushService {
             _ => return Err(text_error(404, "no WebSocket endpoint here")),
         };
         let claims = self.authenticate(req)?;
-        let mut initial = Vec::new();
+        let mut initial: Vec<(String, Option<Position>)> = Vec::new();
         if kind == Kind::Push {
             for (k, v) in req.query_pairs() {
-                if k != "channel" {
-                    continue;
-                }
-                let ch = percent_decode(v).unwrap_or_default();
+                let v = percent_decode(v).unwrap_or_default();
+                let (ch, since) = match k {
+                    "channel" => (v, None),
+                    "since" => match envelope::since_query(&v) {
+                        Some((ch, p)) => (ch.to_string(), Some(p)),
+                        None => {
+                            return Err(text_error(
+                                400,
+                                "since is channel:seq:epoch (epoch: 16 hex digits)",
+                            ))
+                        }
+                    },
+                    _ => continue,
+                };
                 if !valid_name(&ch) {
                     return Err(text_error(400, CHANNEL_RULE));
                 }
                 if claims.as_ref().is_some_and(|c| !c.allows(&ch)) {
                     return Err(text_error(403, "the token does not allow this channel"));
                 }
-                if !initial.contains(&ch) {
-                    initial.push(ch);
+                match initial.iter_mut().find(|(c, _)| *c == ch) {
+                    Some(entry) => entry.1 = entry.1.or(since),
+                    None => initial.push((ch, since)),
                 }
             }
             if initial.len() > self.shared.cfg.max_channels_per_conn {
@@ -479,10 +500,11 @@ impl Handler for PushService {
                     .as_mut()
                     .map(|e| std::mem::take(&mut e.initial))
                     .unwrap_or_default();
-                for ch in &initial {
-                    ctx.subscribe(ch);
+                let names: Vec<String> = initial.iter().map(|(c, _)| c.clone()).collect();
+                ctx.send_text(&envelope::welcome(id, s.user(), &names));
+                for (ch, since) in initial {
+                    subscribe(ctx, &ch, since, None);
                 }
-                ctx.send_text(&envelope::welcome(id, s.user(), &initial));
                 if s.extra
                     .as_ref()
                     .is_some_and(|e| e.user.is_none() && e.allowed.is_none())
@@ -498,10 +520,10 @@ impl Handler for PushService {
             (Kind::Echo, Message::Text(t)) => ctx.send_text(t),
             (Kind::Echo, Message::Binary(b)) => ctx.send_binary(b),
             (Kind::Room, Message::Text(t)) => {
-                ctx.publish(ROOM_TOPIC, Frame::text(t));
+                ctx.publish_with(ROOM_TOPIC, NO_HISTORY, |_| Encoded::whole(Frame::text(t)));
             }
             (Kind::Room, Message::Binary(b)) => {
-                ctx.publish(ROOM_TOPIC, Frame::binary(b));
+                ctx.publish_with(ROOM_TOPIC, NO_HISTORY, |_| Encoded::whole(Frame::binary(b)));
             }
             (Kind::Push, Message::Text(t)) => self.control(s, t, ctx),
             (Kind::Push, Message::Binary(_)) => self.strike(
@@ -522,6 +544,43 @@ impl Handler for PushService {
         }
     }
 }
+
+/// Subscribe the connection to `channel` (resuming after `since`), answer
+/// `subscribed` with the channel's position, then send the recovered
+/// publications. False if it already was subscribed.
+fn subscribe(
+    ctx: &mut Context<'_>,
+    channel: &str,
+    since: Option<Position>,
+    id: Option<&str>,
+) -> bool {
+    let Some(joined) = ctx.subscribe_since(channel, since) else {
+        return false;
+    };
+    if joined.recovered == Some(false) {
+        log::debug!(
+            "conn {}: resume of {channel} not recovered (asked {:?}, now {}:{})",
+            ctx.id(),
+            since,
+            joined.position.seq,
+            joined.position.epoch
+        );
+    }
+    ctx.send_text(&envelope::reply_subscribed(
+        channel,
+        joined.position,
+        joined.recovered,
+        id,
+    ));
+    for p in &joined.replay {
+        ctx.send_publication(p);
+    }
+    true
+}
+
+/// Internal topics (user pushes, the chat room) keep no history: nobody
+/// can resume them.
+pub const NO_HISTORY: PublishOptions = PublishOptions { history: false };
 
 /// Parse a connection id from its decimal form.
 pub fn parse_conn_id(s: &str) -> Option<ConnId> {

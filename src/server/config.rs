@@ -3,6 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::broker::history::HistoryConfig;
 use crate::protocol::decode::DEFAULT_MAX_MESSAGE;
 use crate::protocol::{HandshakeConfig, HttpLimits};
 
@@ -53,6 +54,8 @@ pub struct Config {
     /// Size of each worker's read buffer (one per worker, not per
     /// connection). Default 256 KiB, so 64 KiB frames arrive whole.
     pub read_buffer: usize,
+    /// Per-channel history kept by the broker (for resume).
+    pub history: HistoryConfig,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             share_port: false,
             backlog: 4096,
             read_buffer: 256 << 10,
+            history: HistoryConfig::default(),
         }
     }
 }

@@ -49,6 +49,9 @@ pub(crate) const COUNTED: u8 = 32;
 /// Flag: both close frames were exchanged; after the flush, close the socket
 /// at once (RFC 6455 §7.1.1: the server closes the TCP connection first).
 pub(crate) const CLOSE_DONE: u8 = 64;
+/// Flag: over `max_buffered` by its own replies; not read from until its
+/// queue drains below half the limit.
+pub(crate) const PAUSED: u8 = 128;
 
 /// A connection owned by a worker's slab.
 pub(crate) struct Conn {

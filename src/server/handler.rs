@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 
-use super::hub::{ConnId, Frame, Handle, Published};
+use super::core::{Cause, Core};
+use super::hub::{ConnId, Frame, Handle};
 use super::response::Response;
-use super::worker::Core;
+use crate::broker::{Encoded, Joined, Position, Publication, PublishOptions, Published};
 use crate::protocol::{HttpError, Message, ProtocolError, Request};
 
 /// Why a WebSocket connection ended.
@@ -132,7 +133,7 @@ impl Context<'_> {
     /// Send an encoded frame to this connection.
     pub fn send(&mut self, frame: &Frame) {
         let shared = std::rc::Rc::new(frame.clone().into_shared());
-        self.core.queue_shared(self.key, &shared);
+        self.core.queue_shared(self.key, &shared, Cause::Reply);
     }
 
     /// Send an encoded frame to any connection (this worker's directly, other
@@ -141,7 +142,12 @@ impl Context<'_> {
         if id.worker() == self.core.index {
             if let Some(key) = self.core.lookup(id) {
                 let shared = std::rc::Rc::new(frame.into_shared());
-                self.core.queue_shared(key, &shared);
+                let cause = if key == self.key {
+                    Cause::Reply
+                } else {
+                    Cause::Push
+                };
+                self.core.queue_shared(key, &shared, cause);
             }
         } else {
             self.core.handle.send(id, frame);
@@ -159,8 +165,18 @@ impl Context<'_> {
     }
 
     /// Publish with the topic's next sequence number (see [`Handle::publish_seq`]).
-    pub fn publish_seq(&mut self, topic: &str, make: impl FnOnce(u64) -> Frame) -> Published {
+    pub fn publish_seq(&mut self, topic: &str, make: impl FnMut(u64) -> Frame) -> Published {
         self.core.handle.publish_seq(topic, make)
+    }
+
+    /// Publish through the broker's one entry point (see [`Handle::publish_with`]).
+    pub fn publish_with(
+        &mut self,
+        topic: &str,
+        opts: PublishOptions,
+        make: impl FnMut(u64) -> Encoded,
+    ) -> Published {
+        self.core.handle.publish_with(topic, opts, make)
     }
 
     /// The peer's address.
@@ -171,7 +187,22 @@ impl Context<'_> {
     /// Subscribe this connection to `topic`. False if it already was, or is
     /// not an open WebSocket.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        self.core.subscribe(self.key, topic)
+        self.core.subscribe(self.key, topic, None).is_some()
+    }
+
+    /// Subscribe this connection to `topic`, resuming after `since` when
+    /// given: the answer says where live publications start and, with
+    /// `since`, whether the gap was recovered. Send the recovered
+    /// publications with [`Context::send_publication`] right away, in order:
+    /// live ones follow them with no gap and no duplicate. `None` if the
+    /// connection already was subscribed, or is not an open WebSocket.
+    pub fn subscribe_since(&mut self, topic: &str, since: Option<Position>) -> Option<Joined> {
+        self.core.subscribe(self.key, topic, since)
+    }
+
+    /// Send a publication's frame to this connection (e.g. a replay).
+    pub fn send_publication(&mut self, p: &Publication) {
+        self.send(p.frame());
     }
 
     /// Unsubscribe this connection from `topic`. False if it was not subscribed.

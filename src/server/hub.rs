@@ -1,13 +1,9 @@
-//! The fan-out hub: how any thread reaches the workers.
-//!
-//! A [`Frame`] is encoded once; broadcasting or publishing it sends the same
-//! bytes over each worker's `crossbeam-channel` and wakes the worker's poll
-//! only if it is not already awake. Publications pass a lock while they are
-//! handed to the workers, so every worker (and every subscriber) sees them in
-//! one global order.
+//! The hub: how any thread reaches the workers. Plain message passing: a
+//! command goes over the worker's `crossbeam-channel` and wakes its poll
+//! only if it is not already awake. The order of channels is the broker's
+//! ([`crate::broker`]); the hub only keeps broadcasts in one order.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +11,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::broker::{Broker, Encoded, Publication, PublishOptions, Published};
 use crate::protocol::encode;
 use crate::protocol::OpCode;
 
@@ -118,8 +115,8 @@ impl fmt::Debug for Frame {
 pub(crate) enum Command {
     /// Queue on every open connection.
     Broadcast(Frame),
-    /// Queue on every subscriber of the topic.
-    Publish(Arc<str>, Frame),
+    /// Queue on every subscriber of the publication's channel.
+    Publish(Arc<Publication>),
     /// Queue on one connection.
     Send(ConnId, Frame),
     /// Close one connection with a code and reason.
@@ -158,78 +155,11 @@ pub(crate) fn set_current_worker(hub: &Hub, index: usize) {
     CURRENT_WORKER.with(|c| c.set((hub as *const Hub as usize, index)));
 }
 
-/// Per-topic state kept by the hub: the publication sequence and how many
-/// subscribers each worker has (publications go only to workers with some).
-#[derive(Debug)]
-struct TopicState {
-    name: Arc<str>,
-    seq: u64,
-    per_worker: Vec<u32>,
-    total: u64,
-}
-
-/// The hub's ordered state: every publication passes this lock while it is
-/// handed to the workers, so all workers see one global order.
-#[derive(Debug, Default)]
-struct Ordered {
-    topics: HashMap<Arc<str>, TopicState>,
-    subscriptions: u64,
-    /// Topics with at least one subscriber.
-    active: u64,
-    /// Size at which the next sweep of subscriber-less topics happens.
-    sweep_at: usize,
-}
-
-/// When the hub knows this many topics, it forgets those without
-/// subscribers before adding another (their sequence numbers restart at 1
-/// if they are published again). Bounds the memory that publications to
-/// ever-new channel names can take.
-pub const TOPIC_SWEEP_AT: usize = 1 << 20;
-
-impl Ordered {
-    /// The state of `topic`, created if new.
-    fn entry(&mut self, topic: &str, workers: usize) -> &mut TopicState {
-        if !self.topics.contains_key(topic) {
-            if self.topics.len() >= self.sweep_at.max(TOPIC_SWEEP_AT) {
-                let before = self.topics.len();
-                self.topics.retain(|_, s| s.total > 0);
-                // Amortised: the next sweep waits until the map has doubled.
-                self.sweep_at = (2 * self.topics.len()).max(TOPIC_SWEEP_AT);
-                log::warn!(
-                    "hub: {before} topics known; forgot {} without subscribers",
-                    before - self.topics.len()
-                );
-            }
-            let name: Arc<str> = Arc::from(topic);
-            self.topics.insert(
-                name.clone(),
-                TopicState {
-                    name,
-                    seq: 0,
-                    per_worker: vec![0; workers],
-                    total: 0,
-                },
-            );
-        }
-        match self.topics.get_mut(topic) {
-            Some(s) => s,
-            None => unreachable!("inserted above"),
-        }
-    }
-}
-
-/// What a publication reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    /// The topic's sequence number of this publication (1, 2, 3, ...).
-    pub seq: u64,
-    /// Subscribers of the topic (all workers) when it was published.
-    pub recipients: u64,
-}
-
 pub(crate) struct Hub {
     links: Vec<Link>,
-    order: Mutex<Ordered>,
+    /// Broadcasts pass this lock while they are handed to the workers, so
+    /// every worker sees them in one order.
+    broadcast_order: Mutex<()>,
     /// Connections counted against `max_connections`, all workers.
     pub open: AtomicUsize,
     pub stopping: AtomicBool,
@@ -258,7 +188,7 @@ impl Hub {
         }
         let hub = Hub {
             links,
-            order: Mutex::new(Ordered::default()),
+            broadcast_order: Mutex::new(()),
             open: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             stats,
@@ -282,7 +212,7 @@ impl Hub {
 
     /// Queue a command; returns (sent, the worker must be woken). Waking is
     /// a syscall: callers holding the order lock do it after releasing it.
-    fn enqueue(&self, worker: usize, cmd: Command) -> (bool, bool) {
+    pub(crate) fn enqueue(&self, worker: usize, cmd: Command) -> (bool, bool) {
         let Some(link) = self.links.get(worker) else {
             return (false, false);
         };
@@ -301,7 +231,8 @@ impl Hub {
         }
     }
 
-    fn wake_all(&self, wakes: &[bool]) {
+    /// Wake the workers whose flag is set (after [`Hub::enqueue`]).
+    pub(crate) fn wake_all(&self, wakes: &[bool]) {
         for (w, &wake) in wakes.iter().enumerate() {
             if wake {
                 self.wake(w);
@@ -316,94 +247,19 @@ impl Hub {
         }
     }
 
-    fn ordered(&self) -> std::sync::MutexGuard<'_, Ordered> {
-        self.order.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Hand a command to every worker, in the one global order.
     pub fn post_all(&self, make: impl Fn() -> Command) {
         let mut wakes = [false; MAX_WORKERS];
         {
-            let _order = self.ordered();
+            let _order = self
+                .broadcast_order
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for (w, wake) in wakes.iter_mut().enumerate().take(self.links.len()) {
                 *wake = self.enqueue(w, make()).1;
             }
         }
         self.wake_all(&wakes[..self.links.len()]);
-    }
-
-    /// Publish to a topic: assign its next sequence number, build the frame
-    /// for it, and hand it to the workers that have subscribers.
-    pub fn publish(&self, topic: &str, make: impl FnOnce(u64) -> Frame) -> Published {
-        let mut wakes = [false; MAX_WORKERS];
-        let published = {
-            let mut ord = self.ordered();
-            let state = ord.entry(topic, self.links.len());
-            state.seq += 1;
-            let published = Published {
-                seq: state.seq,
-                recipients: state.total,
-            };
-            if state.total > 0 {
-                let frame = make(state.seq);
-                for (w, &count) in state.per_worker.iter().enumerate() {
-                    if count > 0 {
-                        wakes[w] = self
-                            .enqueue(w, Command::Publish(state.name.clone(), frame.clone()))
-                            .1;
-                    }
-                }
-            }
-            published
-        };
-        self.wake_all(&wakes[..self.links.len()]);
-        published
-    }
-
-    /// A worker's subscriber count for `topic` changed by `delta` (±1).
-    pub fn subscription_changed(&self, topic: &str, worker: usize, delta: i32) {
-        let mut ord = self.ordered();
-        if delta > 0 {
-            ord.subscriptions += 1;
-        } else {
-            ord.subscriptions = ord.subscriptions.saturating_sub(1);
-        }
-        let state = ord.entry(topic, self.links.len());
-        let before = state.total;
-        if let Some(c) = state.per_worker.get_mut(worker) {
-            if delta > 0 {
-                *c += 1;
-                state.total += 1;
-            } else if *c > 0 {
-                *c -= 1;
-                state.total -= 1;
-            }
-        }
-        let (after, seq) = (state.total, state.seq);
-        match (before, after) {
-            (0, a) if a > 0 => ord.active += 1,
-            (b, 0) if b > 0 => ord.active -= 1,
-            _ => {}
-        }
-        if after == 0 && seq == 0 {
-            // Never published: nothing to remember (subscription churn must not grow the map).
-            ord.topics.remove(topic);
-        }
-    }
-
-    /// Subscribers of `topic` on all workers, and its last sequence number.
-    pub fn topic_info(&self, topic: &str) -> (u64, u64) {
-        let ord = self.ordered();
-        ord.topics
-            .get(topic)
-            .map(|s| (s.total, s.seq))
-            .unwrap_or((0, 0))
-    }
-
-    /// Topics with at least one subscriber, and all subscriptions.
-    pub fn topic_totals(&self) -> (u64, u64) {
-        let ord = self.ordered();
-        (ord.active, ord.subscriptions)
     }
 }
 
@@ -411,6 +267,7 @@ impl Hub {
 #[derive(Clone)]
 pub struct Handle {
     hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
 }
 
 impl fmt::Debug for Handle {
@@ -422,8 +279,13 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
-    pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Handle { hub }
+    pub(crate) fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
+        Handle { hub, broker }
+    }
+
+    /// The broker that orders this server's channels and keeps their history.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
     }
 
     pub(crate) fn hub(&self) -> &Arc<Hub> {
@@ -435,26 +297,45 @@ impl Handle {
         self.hub.post_all(|| Command::Broadcast(frame.clone()));
     }
 
-    /// Queue `frame` on every connection subscribed to `topic` (all workers).
+    /// Publish `frame` to every connection subscribed to `topic` (all
+    /// workers), through the broker: it gets the topic's next sequence
+    /// number and enters its history.
     pub fn publish(&self, topic: &str, frame: Frame) -> Published {
-        self.hub.publish(topic, move |_| frame)
+        self.publish_with(topic, PublishOptions::default(), |_| {
+            Encoded::whole(frame.clone())
+        })
     }
 
     /// Publish with the topic's next sequence number: `make` builds the frame
-    /// for that number (under the hub's order, so frames reach every
+    /// for that number (under the channel's order, so frames reach every
     /// subscriber in sequence order).
-    pub fn publish_seq(&self, topic: &str, make: impl FnOnce(u64) -> Frame) -> Published {
-        self.hub.publish(topic, make)
+    pub fn publish_seq(&self, topic: &str, mut make: impl FnMut(u64) -> Frame) -> Published {
+        self.publish_with(topic, PublishOptions::default(), |seq| {
+            Encoded::whole(make(seq))
+        })
+    }
+
+    /// The one publishing entry point: `make` builds the frame for the
+    /// sequence number (and says where the application data lies in it).
+    pub fn publish_with(
+        &self,
+        topic: &str,
+        opts: PublishOptions,
+        mut make: impl FnMut(u64) -> Encoded,
+    ) -> Published {
+        self.broker.publish(topic, opts, &mut make)
     }
 
     /// `(subscribers on all workers, last sequence number)` of a topic.
     pub fn topic_info(&self, topic: &str) -> (u64, u64) {
-        self.hub.topic_info(topic)
+        let (n, p) = self.broker.channel(topic);
+        (n, p.seq)
     }
 
     /// `(topics with subscribers, total subscriptions)`.
     pub fn topic_totals(&self) -> (u64, u64) {
-        self.hub.topic_totals()
+        let t = self.broker.totals();
+        (t.active_channels, t.subscriptions)
     }
 
     /// Queue `frame` on one connection. False if the id names no worker;

@@ -15,15 +15,18 @@ pub mod hub;
 pub mod response;
 
 mod conn;
+mod core;
+mod dispatch;
 mod listener;
 mod outbuf;
 mod timers;
 mod topics;
 mod worker;
 
+pub use crate::broker::Published;
 pub use config::Config;
 pub use handler::{CloseReason, ConnInfo, Context, Handler};
-pub use hub::{ConnId, Frame, Handle, Published, Stats, WorkerStats};
+pub use hub::{ConnId, Frame, Handle, Stats, WorkerStats};
 pub use response::Response;
 pub use worker::Worker;
 
@@ -119,7 +122,8 @@ impl<H: Handler> Server<H> {
         let listeners = listener::bind_all(&config)?;
         let local_addr = listeners.local_addr;
         let (hub, parts) = hub::Hub::new(config.workers)?;
-        let handle = Handle::new(hub);
+        let broker = Arc::new(crate::broker::LocalBroker::new(hub.clone(), config.history));
+        let handle = Handle::new(hub, broker);
         let distribute =
             listeners.sockets.iter().filter(|s| s.is_some()).count() == 1 && config.workers > 1;
         let mut workers = Vec::with_capacity(config.workers);

@@ -3,6 +3,14 @@
 //! Each topic keeps a dense list of subscriber keys (fan-out walks a plain
 //! slice); each connection keeps `(topic, position)` pairs so that
 //! unsubscribing is O(subscriptions of that connection), not O(subscribers).
+//!
+//! A new subscriber starts after the channel position the broker gave it
+//! (`start`). Publications up to that position may still be on their way
+//! to this worker (queued before the subscription, when other local
+//! connections already subscribed): the subscriber waits in `joining` and
+//! enters the subscriber list with the first publication after its start,
+//! so it gets no publication twice (after a replay) and none from before
+//! its subscription.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +20,10 @@ use slab::Slab;
 pub(crate) struct Topic {
     pub name: Arc<str>,
     pub subscribers: Vec<u32>,
+    /// Subscribers waiting for the first publication after their start.
+    joining: Vec<(u32, u64)>,
+    /// The last sequence number delivered on this worker.
+    seen: u64,
 }
 
 #[derive(Default)]
@@ -19,6 +31,9 @@ pub(crate) struct Topics {
     by_name: HashMap<Arc<str>, u32>,
     list: Slab<Topic>,
 }
+
+/// Position flag: the subscription waits in the topic's `joining` list.
+const JOINING: u32 = 1 << 31;
 
 /// One subscription held by a connection: topic id and position in its list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +61,8 @@ impl Topics {
 
     pub fn subscriber_count(&self, name: &str) -> usize {
         self.id(name)
-            .map(|id| self.subscribers(id).len())
+            .and_then(|id| self.list.get(id as usize))
+            .map(|t| t.subscribers.len() + t.joining.len())
             .unwrap_or(0)
     }
 
@@ -55,8 +71,9 @@ impl Topics {
         self.list.len()
     }
 
-    /// Add `key` to `name`; returns the subscription to record on the connection.
-    pub fn subscribe(&mut self, name: &str, key: usize) -> Sub {
+    /// Add `key` to `name`, receiving publications after `start`; returns
+    /// the subscription to record on the connection.
+    pub fn subscribe(&mut self, name: &str, key: usize, start: u64) -> Sub {
         let id = match self.by_name.get(name) {
             Some(&id) => id,
             None => {
@@ -64,16 +81,26 @@ impl Topics {
                 let id = self.list.insert(Topic {
                     name: name.clone(),
                     subscribers: Vec::new(),
+                    joining: Vec::new(),
+                    seen: 0,
                 }) as u32;
                 self.by_name.insert(name, id);
                 id
             }
         };
         let t = &mut self.list[id as usize];
-        t.subscribers.push(key as u32);
+        if start <= t.seen {
+            // Nothing before its start can still arrive.
+            t.subscribers.push(key as u32);
+            return Sub {
+                topic: id,
+                pos: (t.subscribers.len() - 1) as u32,
+            };
+        }
+        t.joining.push((key as u32, start));
         Sub {
             topic: id,
-            pos: (t.subscribers.len() - 1) as u32,
+            pos: (t.joining.len() - 1) as u32 | JOINING,
         }
     }
 
@@ -81,17 +108,100 @@ impl Topics {
     /// its place, returns that connection's key and its new position.
     pub fn unsubscribe(&mut self, sub: Sub) -> Option<(usize, u32)> {
         let t = self.list.get_mut(sub.topic as usize)?;
-        let pos = sub.pos as usize;
-        if pos >= t.subscribers.len() {
-            return None;
-        }
-        t.subscribers.swap_remove(pos);
-        let moved = t.subscribers.get(pos).map(|&k| (k as usize, sub.pos));
-        if t.subscribers.is_empty() {
+        let pos = (sub.pos & !JOINING) as usize;
+        let moved = if sub.pos & JOINING != 0 {
+            if pos >= t.joining.len() {
+                return None;
+            }
+            t.joining.swap_remove(pos);
+            t.joining.get(pos).map(|&(k, _)| (k as usize, sub.pos))
+        } else {
+            if pos >= t.subscribers.len() {
+                return None;
+            }
+            t.subscribers.swap_remove(pos);
+            t.subscribers.get(pos).map(|&k| (k as usize, sub.pos))
+        };
+        if t.subscribers.is_empty() && t.joining.is_empty() {
             let name = t.name.clone();
             self.by_name.remove(&name);
             self.list.remove(sub.topic as usize);
         }
         moved
+    }
+
+    /// Publication `seq` of topic `id` is about to be delivered: joiners
+    /// whose start is before it become subscribers. `moved(key, pos)` is
+    /// told every connection whose recorded position changed.
+    #[inline]
+    pub fn deliver(&mut self, id: u32, seq: u64, moved: impl FnMut(usize, u32)) {
+        let Some(t) = self.list.get_mut(id as usize) else {
+            return;
+        };
+        t.seen = t.seen.max(seq);
+        if !t.joining.is_empty() {
+            Self::promote(t, seq, moved);
+        }
+    }
+
+    #[cold]
+    fn promote(t: &mut Topic, seq: u64, mut moved: impl FnMut(usize, u32)) {
+        let mut waiting = Vec::new();
+        for (key, start) in std::mem::take(&mut t.joining) {
+            if start < seq {
+                t.subscribers.push(key);
+                moved(key as usize, (t.subscribers.len() - 1) as u32);
+            } else {
+                waiting.push((key, start));
+                moved(key as usize, (waiting.len() - 1) as u32 | JOINING);
+            }
+        }
+        t.joining = waiting;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joiners_enter_with_the_first_publication_after_their_start() {
+        let mut t = Topics::default();
+        let a = t.subscribe("c", 1, 0);
+        assert_eq!(
+            a.pos, 0,
+            "nothing seen yet and start 0: a subscriber at once"
+        );
+        t.deliver(a.topic, 1, |_, _| panic!("no joiner"));
+        t.deliver(a.topic, 2, |_, _| panic!("no joiner"));
+        // Publications 3..=5 may still be queued for this worker.
+        let b = t.subscribe("c", 2, 5);
+        assert!(b.pos & JOINING != 0);
+        assert_eq!(t.subscribers(a.topic), [1]);
+        assert_eq!(t.subscriber_count("c"), 2);
+        let mut moves = Vec::new();
+        for seq in 3..=5 {
+            t.deliver(a.topic, seq, |k, p| moves.push((k, p)));
+            assert_eq!(t.subscribers(a.topic), [1], "not before its start ({seq})");
+        }
+        moves.clear();
+        t.deliver(a.topic, 6, |k, p| moves.push((k, p)));
+        assert_eq!(t.subscribers(a.topic), [1, 2]);
+        assert_eq!(moves, [(2, 1)]);
+        // Caught up: the next subscriber at the current position joins at once.
+        let c = t.subscribe("c", 3, 6);
+        assert_eq!(c.pos, 2);
+    }
+
+    #[test]
+    fn unsubscribing_a_joiner_and_the_last_subscriber_forgets_the_topic() {
+        let mut t = Topics::default();
+        let a = t.subscribe("c", 1, 4);
+        let b = t.subscribe("c", 2, 4);
+        assert_eq!(t.unsubscribe(a), Some((2, JOINING)));
+        let b = Sub { pos: JOINING, ..b };
+        assert_eq!(t.unsubscribe(b), None);
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.id("c"), None);
     }
 }

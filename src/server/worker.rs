@@ -8,7 +8,6 @@
 
 use std::io::{self, Read};
 use std::mem;
-use std::net::Shutdown;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,29 +15,26 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token};
-use slab::Slab;
+use mio::{Events, Interest, Poll, Token};
 
 use super::config::Config;
-use super::conn::{
-    Conn, HttpState, Phase, CLOSE_AFTER_FLUSH, CLOSE_DONE, COUNTED, DIRTY, SLOW, UPGRADED,
-    WRITE_INTEREST,
-};
-use super::handler::{CloseReason, ConnInfo, Context, Handler};
-use super::hub::{self, Command, ConnId, Handle, LocalStats, WorkerPart, WorkerStats, WAKER_TOKEN};
-use super::outbuf::{BufPool, Flushed, LocalFrame};
+use super::conn::{Conn, HttpState, Phase, COUNTED, UPGRADED};
+use super::core::{Cause, Core};
+use super::dispatch::App;
+use super::handler::{CloseReason, Context, Handler};
+use super::hub::{self, Command, ConnId, Handle, WorkerPart, WorkerStats, WAKER_TOKEN};
+use super::outbuf::LocalFrame;
 use super::response::Response;
-use super::timers::{millis, Entry, TimerKind, Timers};
-use super::topics::{Sub, Topics};
-use crate::protocol::{
-    close, encode, handshake, DecoderConfig, HttpError, Message, OpCode, ProtocolError, Role,
-};
+use super::timers::{millis, TimerKind};
+use crate::protocol::close;
 
 const LISTENER: Token = Token(usize::MAX - 2);
 /// Reads per readiness event before yielding to other connections.
 const MAX_READS_PER_EVENT: usize = 16;
 /// How long accepting pauses after EMFILE/ENFILE.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How often worker 0 runs the broker's upkeep (history expiry).
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 /// Slab keys must fit the 24 bits a [`ConnId`] gives them.
 const MAX_KEY: usize = 0xff_ffff;
 
@@ -117,43 +113,13 @@ impl<H: Handler> Worker<H> {
             listener,
             distribute,
             next_target: 0,
-            pending_reads: Vec::new(),
             accept_paused_until: None,
             last_accept_warning: None,
             drain_deadline: None,
+            last_upkeep: Instant::now(),
         };
         lp.run(&mut poll, &rx, &stats)
     }
-}
-
-/// Everything of a worker except the application: connections, topics,
-/// timers, queues, counters. Callbacks reach it through [`Context`].
-pub(crate) struct Core {
-    pub index: usize,
-    pub handle: Handle,
-    pub cfg: Arc<Config>,
-    dec_cfg: DecoderConfig,
-    registry: Registry,
-    conns: Slab<Conn>,
-    pub topics: Topics,
-    timers: Timers,
-    dirty: Vec<u32>,
-    dead: Vec<u32>,
-    pool: BufPool,
-    stats: LocalStats,
-    next_generation: u32,
-    now: Instant,
-    /// Start of the worker's millisecond clock (for `Conn::last_rx`).
-    epoch: Instant,
-    /// `now` on that clock.
-    ms: u32,
-    draining: bool,
-}
-
-/// The application side: the handler and each connection's state.
-struct App<H: Handler> {
-    handler: H,
-    states: Vec<Option<H::Conn>>,
 }
 
 struct Loop<H: Handler> {
@@ -163,10 +129,10 @@ struct Loop<H: Handler> {
     listener: Option<TcpListener>,
     distribute: bool,
     next_target: usize,
-    pending_reads: Vec<usize>,
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
     drain_deadline: Option<Instant>,
+    last_upkeep: Instant,
 }
 
 /// What a read loop does after handing over one read.
@@ -177,706 +143,6 @@ enum After {
     Requeue,
     /// Stop reading (the connection is gone).
     Stop,
-}
-
-/// Queue a shared frame on an open connection and mark it for the flush.
-#[inline]
-fn push_frame(c: &mut Conn, key: usize, f: &LocalFrame, q: &mut Queues<'_>) {
-    if c.phase != Phase::Open || c.has(SLOW) {
-        return;
-    }
-    c.out.push_shared(f, q.pool);
-    q.stats.messages_out_total += 1;
-    after_push(c, key, q);
-}
-
-/// What a push needs besides the connection: the dirty list, the buffer
-/// pool, the counters and the limit.
-struct Queues<'a> {
-    dirty: &'a mut Vec<u32>,
-    pool: &'a mut BufPool,
-    stats: &'a mut LocalStats,
-    max_buffered: usize,
-}
-
-/// Mark the connection for the end-of-turn flush. If its backlog passed
-/// `max_buffered`, write now: only a peer that still cannot take the bytes
-/// is a slow consumer (a healthy client may get a large burst in one turn).
-#[inline]
-fn after_push(c: &mut Conn, key: usize, q: &mut Queues<'_>) {
-    if c.out.len() > q.max_buffered && c.out.backlog() > q.max_buffered {
-        if let Ok((n, _)) = c.out.write_to(&mut c.stream, q.pool) {
-            q.stats.bytes_out_total += n as u64;
-        }
-        if c.out.backlog() > q.max_buffered {
-            c.flags |= SLOW;
-        }
-    }
-    if !c.has(DIRTY) {
-        c.flags |= DIRTY;
-        q.dirty.push(key as u32);
-    }
-}
-
-impl Core {
-    fn new(index: usize, cfg: Arc<Config>, handle: Handle, registry: Registry) -> Self {
-        let dec_cfg = DecoderConfig {
-            role: Role::Server,
-            max_frame_size: cfg.max_message_size as u64,
-            max_message_size: cfg.max_message_size as u64,
-            allowed_rsv: 0,
-        };
-        Core {
-            index,
-            handle,
-            cfg,
-            dec_cfg,
-            registry,
-            conns: Slab::new(),
-            topics: Topics::default(),
-            timers: Timers::default(),
-            dirty: Vec::new(),
-            dead: Vec::new(),
-            pool: BufPool::default(),
-            stats: LocalStats::default(),
-            next_generation: 0,
-            now: Instant::now(),
-            epoch: Instant::now(),
-            ms: 0,
-            draining: false,
-        }
-    }
-
-    /// Read the clock once per turn.
-    fn tick(&mut self) {
-        self.now = Instant::now();
-        // Milliseconds, wrapping: only differences are used.
-        self.ms = self.now.duration_since(self.epoch).as_millis() as u32;
-    }
-
-    /// The worker-clock time `d` from now.
-    fn after(&self, d: Duration) -> u32 {
-        self.ms.wrapping_add(millis(d))
-    }
-
-    /// Arm the first heartbeat check of a newly opened connection.
-    fn arm_heartbeat(&mut self, key: usize, generation: u32) {
-        let first = match (self.cfg.ping_interval, self.cfg.idle_timeout) {
-            (Some(p), Some(i)) => p.min(i),
-            (Some(p), None) => p,
-            (None, Some(i)) => i,
-            (None, None) => return,
-        };
-        self.timers
-            .add(TimerKind::Heartbeat, self.after(first), key, generation);
-    }
-
-    /// A heartbeat check came due: close an idle connection, ping a quiet
-    /// one, and re-arm from its last activity.
-    fn heartbeat(&mut self, key: usize) {
-        let now_ms = self.ms;
-        let (ping, idle) = (self.cfg.ping_interval, self.cfg.idle_timeout);
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        let silent = Duration::from_millis(now_ms.wrapping_sub(c.last_rx) as u64);
-        let generation = c.generation;
-        if idle.is_some_and(|i| silent >= i) {
-            log::debug!(
-                "conn {}: idle for {silent:?}, closing",
-                ConnId::new(self.index, key, generation)
-            );
-            c.close_reason.get_or_insert(CloseReason::IdleTimeout);
-            c.flags |= CLOSE_DONE;
-            self.linger(key);
-            self.queue_raw(key, |v| {
-                encode::close_into(v, Some(close::GOING_AWAY), "idle timeout")
-            });
-            return;
-        }
-        let mut next = Duration::MAX;
-        if let Some(p) = ping {
-            if silent >= p {
-                self.queue_raw(key, |v| encode::frame_into(v, OpCode::Ping, b""));
-                next = p;
-            } else {
-                next = p - silent;
-            }
-        }
-        if let Some(i) = idle {
-            next = next.min(i - silent);
-        }
-        self.timers
-            .add(TimerKind::Heartbeat, self.after(next), key, generation);
-    }
-
-    /// The slab key of a live connection with this id.
-    pub fn lookup(&self, id: ConnId) -> Option<usize> {
-        if id.worker() != self.index {
-            return None;
-        }
-        let key = id.key();
-        let c = self.conns.get(key)?;
-        (c.generation == id.generation() && c.phase != Phase::Dead).then_some(key)
-    }
-
-    fn id_of(&self, key: usize) -> ConnId {
-        ConnId::new(
-            self.index,
-            key,
-            self.conns.get(key).map(|c| c.generation).unwrap_or(0),
-        )
-    }
-
-    fn mark_dirty(&mut self, key: usize) {
-        if let Some(c) = self.conns.get_mut(key) {
-            if !c.has(DIRTY) {
-                c.flags |= DIRTY;
-                self.dirty.push(key as u32);
-            }
-        }
-    }
-
-    /// Encode a message into the connection's own buffer (no shared frame).
-    pub fn queue_owned(&mut self, key: usize, op: OpCode, payload: &[u8]) {
-        let max = self.cfg.max_buffered;
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.phase != Phase::Open || c.has(SLOW) {
-            return;
-        }
-        c.out
-            .push_owned(&mut self.pool, |v| encode::frame_into(v, op, payload));
-        self.stats.messages_out_total += 1;
-        if c.out.backlog() > max {
-            c.flags |= SLOW;
-        }
-        self.mark_dirty(key);
-    }
-
-    /// Queue a shared frame on one connection.
-    pub fn queue_shared(&mut self, key: usize, f: &LocalFrame) {
-        let max = self.cfg.max_buffered;
-        if let Some(c) = self.conns.get_mut(key) {
-            let mut q = Queues {
-                dirty: &mut self.dirty,
-                pool: &mut self.pool,
-                stats: &mut self.stats,
-                max_buffered: max,
-            };
-            push_frame(c, key, f, &mut q);
-        }
-    }
-
-    /// Queue bytes whatever the phase (close frames, HTTP answers).
-    fn queue_raw(&mut self, key: usize, fill: impl FnOnce(&mut Vec<u8>)) {
-        let max = self.cfg.max_buffered;
-        if let Some(c) = self.conns.get_mut(key) {
-            c.out.push_owned(&mut self.pool, fill);
-            // Replies the peer triggers itself (pongs, control answers) count
-            // against the limit too: a peer that sends but never reads is a
-            // slow consumer like any other.
-            if matches!(c.phase, Phase::Open | Phase::Closing) && c.out.backlog() > max {
-                let mut q = Queues {
-                    dirty: &mut self.dirty,
-                    pool: &mut self.pool,
-                    stats: &mut self.stats,
-                    max_buffered: max,
-                };
-                after_push(c, key, &mut q);
-                return;
-            }
-        }
-        self.mark_dirty(key);
-    }
-
-    pub fn buffered(&self, key: usize) -> usize {
-        self.conns.get(key).map(|c| c.out.len()).unwrap_or(0)
-    }
-
-    pub fn subscribe(&mut self, key: usize, topic: &str) -> bool {
-        let Some(c) = self.conns.get_mut(key) else {
-            return false;
-        };
-        if !matches!(c.phase, Phase::Open) {
-            return false;
-        }
-        if let Some(id) = self.topics.id(topic) {
-            if c.subs.iter().any(|s| s.topic == id) {
-                return false;
-            }
-        }
-        let sub = self.topics.subscribe(topic, key);
-        c.subs.push(sub);
-        self.handle.hub().subscription_changed(topic, self.index, 1);
-        true
-    }
-
-    pub fn peer_addr(&self, key: usize) -> Option<std::net::SocketAddr> {
-        self.conns.get(key).and_then(|c| c.stream.peer_addr().ok())
-    }
-
-    pub fn unsubscribe(&mut self, key: usize, topic: &str) -> bool {
-        let Some(id) = self.topics.id(topic) else {
-            return false;
-        };
-        let Some(c) = self.conns.get_mut(key) else {
-            return false;
-        };
-        let Some(i) = c.subs.iter().position(|s| s.topic == id) else {
-            return false;
-        };
-        let sub = c.subs.swap_remove(i);
-        self.drop_sub(sub);
-        true
-    }
-
-    pub fn subscription_count(&self, key: usize) -> usize {
-        self.conns.get(key).map(|c| c.subs.len()).unwrap_or(0)
-    }
-
-    /// Remove a subscription from its topic and fix the position recorded by
-    /// the connection whose entry moved into its place.
-    fn drop_sub(&mut self, sub: Sub) {
-        if let Some(name) = self.topics.name(sub.topic) {
-            self.handle
-                .hub()
-                .subscription_changed(&name, self.index, -1);
-        }
-        if let Some((moved, pos)) = self.topics.unsubscribe(sub) {
-            if let Some(mc) = self.conns.get_mut(moved) {
-                for s in mc.subs.iter_mut().filter(|s| s.topic == sub.topic) {
-                    s.pos = pos;
-                }
-            }
-        }
-    }
-
-    /// Start a close handshake from our side.
-    pub fn close_conn(&mut self, key: usize, code: u16, reason: &str, why: CloseReason) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        match c.phase {
-            Phase::Open => {
-                c.close_reason.get_or_insert(why);
-                c.phase = Phase::Closing;
-                let generation = c.generation;
-                self.queue_raw(key, |v| encode::close_into(v, Some(code), reason));
-                self.timers.add(
-                    TimerKind::Closing,
-                    self.after(self.cfg.close_timeout),
-                    key,
-                    generation,
-                );
-            }
-            Phase::Http => self.kill(key, None),
-            _ => {}
-        }
-    }
-
-    /// The peer broke the protocol: send the close code and drop it after the flush.
-    fn fail(&mut self, key: usize, e: ProtocolError) {
-        log::debug!("conn {}: protocol error: {e}", self.id_of(key));
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        c.close_reason.get_or_insert(CloseReason::Protocol(e));
-        let close_sent = c.phase == Phase::Closing;
-        self.linger(key);
-        if !close_sent {
-            self.queue_raw(key, |v| {
-                encode::close_into(v, Some(e.close_code()), e.reason())
-            });
-        }
-    }
-
-    /// Mark the connection for removal at the end of the turn.
-    fn kill(&mut self, key: usize, reason: Option<CloseReason>) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.phase == Phase::Dead {
-            return;
-        }
-        if c.close_reason.is_none() {
-            c.close_reason = reason;
-        }
-        c.phase = Phase::Dead;
-        self.dead.push(key as u32);
-    }
-
-    /// Write an HTTP response; with `close`, end the connection after it.
-    fn respond(&mut self, key: usize, resp: &Response, close: bool) {
-        self.stats.refused(resp.status);
-        self.queue_raw(key, |v| resp.write_to(v, close));
-        if close {
-            self.linger(key);
-        }
-    }
-
-    /// Our last bytes are (or are about to be) queued: flush them, shut
-    /// down our side and drop the connection when the peer closes, or at
-    /// the close timeout whatever happens (a peer that stops reading cannot
-    /// hold the connection and its queue).
-    fn linger(&mut self, key: usize) {
-        let at = self.after(self.cfg.close_timeout);
-        if let Some(c) = self.conns.get_mut(key) {
-            if c.phase == Phase::Lingering || c.phase == Phase::Dead {
-                return;
-            }
-            c.phase = Phase::Lingering;
-            c.flags |= CLOSE_AFTER_FLUSH;
-            c.http = None;
-            let generation = c.generation;
-            self.timers.add(TimerKind::Closing, at, key, generation);
-        }
-    }
-
-    fn set_interest(&mut self, key: usize, writable: bool) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        let interest = if writable {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        if self
-            .registry
-            .reregister(&mut c.stream, Token(key), interest)
-            .is_ok()
-        {
-            if writable {
-                c.flags |= WRITE_INTEREST;
-            } else {
-                c.flags &= !WRITE_INTEREST;
-            }
-        }
-    }
-
-    /// Write what the connection has queued (one `writev` per 64 chunks).
-    fn flush(&mut self, key: usize) {
-        let close_at = self.after(self.cfg.close_timeout);
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.phase == Phase::Dead {
-            return;
-        }
-        let mut slow = false;
-        if c.has(SLOW) {
-            c.flags &= !SLOW;
-            slow = true;
-            log::debug!(
-                "conn {}: slow consumer ({} bytes queued)",
-                ConnId::new(self.index, key, c.generation),
-                c.out.len()
-            );
-            c.close_reason.get_or_insert(CloseReason::SlowConsumer);
-            c.out.discard_unstarted(&mut self.pool);
-            c.out.push_owned(&mut self.pool, |v| {
-                encode::close_into(v, Some(close::POLICY_VIOLATION), "slow consumer")
-            });
-            if c.phase == Phase::Open {
-                c.phase = Phase::Closing;
-                self.timers
-                    .add(TimerKind::Closing, close_at, key, c.generation);
-            }
-        }
-        match c.out.write_to(&mut c.stream, &mut self.pool) {
-            Ok((n, Flushed::All)) => {
-                self.stats.bytes_out_total += n as u64;
-                if c.has(CLOSE_DONE) {
-                    return self.kill(key, None);
-                }
-                if c.has(CLOSE_AFTER_FLUSH) {
-                    // The close deadline was set when it began to linger.
-                    c.flags &= !CLOSE_AFTER_FLUSH;
-                    let _ = c.stream.shutdown(Shutdown::Write);
-                }
-                if self.conns.get(key).is_some_and(|c| c.has(WRITE_INTEREST)) {
-                    self.set_interest(key, false);
-                }
-            }
-            Ok((n, Flushed::Blocked)) => {
-                self.stats.bytes_out_total += n as u64;
-                if slow {
-                    // Even the close frame does not fit: drop the TCP connection.
-                    self.kill(key, Some(CloseReason::SlowConsumer));
-                } else if !c.has(WRITE_INTEREST) {
-                    self.set_interest(key, true);
-                }
-            }
-            Err(e) => {
-                log::debug!(
-                    "conn {}: write: {e}",
-                    ConnId::new(self.index, key, c.generation)
-                );
-                self.kill(key, Some(CloseReason::Abnormal));
-            }
-        }
-    }
-
-    fn flush_dirty(&mut self) {
-        let mut dirty = mem::take(&mut self.dirty);
-        for &key in &dirty {
-            let key = key as usize;
-            if let Some(c) = self.conns.get_mut(key) {
-                c.flags &= !DIRTY;
-                self.flush(key);
-            }
-        }
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
-    }
-
-    /// A deadline passed.
-    fn expire(&mut self, e: Entry) {
-        let key = e.key as usize;
-        let Some(c) = self.conns.get(key) else { return };
-        if c.generation != e.generation {
-            return;
-        }
-        match (e.kind, c.phase) {
-            (TimerKind::Handshake, Phase::Http) => {
-                if let Some(h) = c.http.as_ref() {
-                    if (h.deadline.wrapping_sub(self.ms) as i32) > 0 {
-                        // A later request on this keep-alive connection moved
-                        // the deadline: wait for it.
-                        let (at, generation) = (h.deadline, c.generation);
-                        self.timers.add(TimerKind::Handshake, at, key, generation);
-                        return;
-                    }
-                }
-                log::debug!("conn {}: handshake timeout", self.id_of(key));
-                self.stats.closed_handshake_timeout_total += 1;
-                self.kill(key, None);
-            }
-            (TimerKind::Heartbeat, Phase::Open) => self.heartbeat(key),
-            (TimerKind::Closing, Phase::Closing | Phase::Lingering) => {
-                log::debug!("conn {}: close timeout", self.id_of(key));
-                self.kill(key, Some(CloseReason::Abnormal));
-            }
-            _ => {}
-        }
-    }
-
-    fn broadcast(&mut self, frame: super::hub::Frame) {
-        self.stats.publications_total += 1;
-        let f: LocalFrame = Rc::new(frame.into_shared());
-        let max = self.cfg.max_buffered;
-        let mut q = Queues {
-            dirty: &mut self.dirty,
-            pool: &mut self.pool,
-            stats: &mut self.stats,
-            max_buffered: max,
-        };
-        for (key, c) in self.conns.iter_mut() {
-            push_frame(c, key, &f, &mut q);
-        }
-    }
-
-    fn publish(&mut self, topic: &str, frame: super::hub::Frame) {
-        self.stats.publications_total += 1;
-        let Some(id) = self.topics.id(topic) else {
-            return;
-        };
-        let f: LocalFrame = Rc::new(frame.into_shared());
-        let max = self.cfg.max_buffered;
-        let mut q = Queues {
-            dirty: &mut self.dirty,
-            pool: &mut self.pool,
-            stats: &mut self.stats,
-            max_buffered: max,
-        };
-        for &key in self.topics.subscribers(id) {
-            if let Some(c) = self.conns.get_mut(key as usize) {
-                push_frame(c, key as usize, &f, &mut q);
-            }
-        }
-    }
-}
-
-impl<H: Handler> App<H> {
-    fn state_slot(&mut self, key: usize) -> &mut Option<H::Conn> {
-        if self.states.len() <= key {
-            self.states.resize_with(key + 1, || None);
-        }
-        &mut self.states[key]
-    }
-
-    /// Refuse a request with the handler's response for the error.
-    fn refuse(&mut self, core: &mut Core, key: usize, e: HttpError) {
-        log::debug!("conn {}: refused: {e}", core.id_of(key));
-        let resp = self.handler.on_refuse(e);
-        core.respond(key, &resp, true);
-    }
-
-    /// Serve what the connection has sent while it speaks HTTP: refusals,
-    /// plain requests (keep-alive), or the upgrade.
-    fn serve_http(&mut self, core: &mut Core, key: usize, mut hs: Box<HttpState>) {
-        let cfg = core.cfg.clone();
-        // Start of the current request in `hs.buf` (pipelined requests are
-        // served in place; the buffer is compacted once at the end).
-        let mut off = 0;
-        loop {
-            let (req, consumed) = match hs.parser.parse(&cfg.http, &hs.buf[off..]) {
-                Ok(Some(done)) => done,
-                Ok(None) => {
-                    hs.buf.drain(..off);
-                    if let Some(c) = core.conns.get_mut(key) {
-                        c.http = Some(hs);
-                    }
-                    return;
-                }
-                Err(e) => return self.refuse(core, key, e),
-            };
-            let id = core.id_of(key);
-            let peer = Some(hs.peer);
-            if !handshake::is_upgrade(&req) {
-                core.stats.http_requests_total += 1;
-                let info = ConnInfo {
-                    id,
-                    peer,
-                    protocol: None,
-                };
-                let resp = self
-                    .handler
-                    .on_http(&req, &info, &mut Context { core, key, id })
-                    .for_method(req.method);
-                let keep = req.keep_alive() && !resp.close && !core.draining;
-                core.respond(key, &resp, !keep);
-                if !keep {
-                    return;
-                }
-                if core.buffered(key) > cfg.max_buffered {
-                    // Pipelined requests whose answers are not being read.
-                    log::debug!("conn {id}: pipelined answers over the buffer limit, closing");
-                    return core.linger(key);
-                }
-                off += consumed;
-                hs.parser.reset();
-                // The deadline moves; the timer entry re-arms itself when it fires.
-                hs.deadline = core.after(cfg.handshake_timeout);
-                continue;
-            }
-            let acc = match handshake::validate(&req, &cfg.handshake) {
-                Ok(acc) => acc,
-                Err(e) => return self.refuse(core, key, e),
-            };
-            let info = ConnInfo {
-                id,
-                peer,
-                protocol: acc.protocol,
-            };
-            let state = match self
-                .handler
-                .on_upgrade(&req, &info, &mut Context { core, key, id })
-            {
-                Ok(state) => state,
-                Err(resp) => {
-                    log::debug!("conn {id}: upgrade refused by handler: {}", resp.status);
-                    return core.respond(key, &resp, true);
-                }
-            };
-            let Some(c) = core.conns.get_mut(key) else {
-                return;
-            };
-            if c.phase != Phase::Http {
-                return;
-            }
-            c.phase = Phase::Open;
-            c.flags |= UPGRADED;
-            let generation = c.generation;
-            c.last_rx = core.ms;
-            core.arm_heartbeat(key, generation);
-            core.stats.upgrades_total += 1;
-            core.stats.websockets += 1;
-            core.queue_raw(key, |v| handshake::write_accept(&acc, v));
-            let slot = self.state_slot(key);
-            *slot = Some(state);
-            if let Some(mut st) = slot.take() {
-                self.handler
-                    .on_open(&mut st, &mut Context { core, key, id });
-                *self.state_slot(key) = Some(st);
-            }
-            // A first frame may have come in the same packet as the request.
-            if off + consumed < hs.buf.len() {
-                let mut rest = mem::take(&mut hs.buf);
-                self.process_ws(core, key, &mut rest[off + consumed..]);
-            }
-            return;
-        }
-    }
-
-    /// Decode frames from `buf` and dispatch them.
-    fn process_ws(&mut self, core: &mut Core, key: usize, buf: &mut [u8]) {
-        let Some(c) = core.conns.get_mut(key) else {
-            return;
-        };
-        let id = ConnId::new(core.index, key, c.generation);
-        let mut dec = mem::take(&mut c.decoder);
-        let mut state = self.state_slot(key).take();
-        let mut off = 0;
-        while off < buf.len() {
-            let phase = core.conns.get(key).map(|c| c.phase).unwrap_or(Phase::Dead);
-            if !matches!(phase, Phase::Open | Phase::Closing) {
-                break;
-            }
-            let d = match dec.decode(&core.dec_cfg, &mut buf[off..]) {
-                Ok(d) => d,
-                Err(e) => {
-                    core.fail(key, e);
-                    break;
-                }
-            };
-            off += d.consumed;
-            let Some(msg) = d.message else { break };
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    core.stats.messages_in_total += 1;
-                    if phase == Phase::Open {
-                        if let Some(st) = state.as_mut() {
-                            self.handler
-                                .on_message(st, msg, &mut Context { core, key, id });
-                        }
-                    }
-                }
-                Message::Ping(p) => {
-                    if phase == Phase::Open {
-                        core.queue_raw(key, |v| encode::frame_into(v, OpCode::Pong, p));
-                    }
-                }
-                Message::Pong(_) => {}
-                Message::Close(cf) => {
-                    if let Some(c) = core.conns.get_mut(key) {
-                        if phase == Phase::Open {
-                            let code = cf.map(|f| f.code);
-                            c.close_reason.get_or_insert(CloseReason::Client(code));
-                            core.queue_raw(key, |v| encode::close_into(v, code, ""));
-                        }
-                    }
-                    if let Some(c) = core.conns.get_mut(key) {
-                        c.flags |= CLOSE_DONE;
-                    }
-                    core.linger(key);
-                    core.mark_dirty(key);
-                    break;
-                }
-            }
-        }
-        if dec.is_idle() {
-            dec.release_buffers();
-        }
-        if let Some(c) = core.conns.get_mut(key) {
-            c.decoder = dec;
-        }
-        *self.state_slot(key) = state;
-    }
 }
 
 impl<H: Handler> Loop<H> {
@@ -902,8 +168,12 @@ impl<H: Handler> Loop<H> {
                 }
             };
             sooner(self.accept_paused_until);
+            if self.core.index == 0 {
+                // Worker 0 runs the broker's upkeep about once a second.
+                sooner(Some(self.last_upkeep + UPKEEP_EVERY));
+            }
             sooner(self.drain_deadline);
-            if !self.pending_reads.is_empty() {
+            if !self.core.pending_reads.is_empty() {
                 timeout = Some(Duration::ZERO);
             }
             if let Err(e) = poll.poll(&mut events, timeout) {
@@ -928,8 +198,8 @@ impl<H: Handler> Loop<H> {
                     }
                 }
             }
-            for key in mem::take(&mut self.pending_reads) {
-                self.on_readable(key);
+            for key in mem::take(&mut self.core.pending_reads) {
+                self.resume(key as usize);
             }
             if self.accept_paused_until.is_some_and(|t| t <= self.core.now) {
                 self.accept_paused_until = None;
@@ -942,6 +212,11 @@ impl<H: Handler> Loop<H> {
             self.core.handle.hub().clear_notified(self.core.index);
             while let Ok(cmd) = rx.try_recv() {
                 self.command(cmd);
+            }
+
+            if self.core.index == 0 && self.core.now >= self.last_upkeep + UPKEEP_EVERY {
+                self.last_upkeep = self.core.now;
+                self.core.handle.broker().maintain();
             }
 
             self.core.timers.expire(self.core.ms, &mut expired);
@@ -1091,10 +366,30 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    /// Read again from a connection whose read was cut short for fairness or
+    /// paused by backpressure; an HTTP connection first serves the requests
+    /// it had already received.
+    fn resume(&mut self, key: usize) {
+        let leftover = self.core.conns.get(key).is_some_and(|c| {
+            c.phase == Phase::Http && c.http.as_ref().is_some_and(|h| !h.buf.is_empty())
+        });
+        if leftover && !self.core.paused(key) {
+            if let Some(hs) = self.core.conns.get_mut(key).and_then(|c| c.http.take()) {
+                self.app.serve_http(&mut self.core, key, hs);
+            }
+        }
+        self.on_readable(key);
+    }
+
     fn on_readable(&mut self, key: usize) {
         let Some(phase) = self.core.conns.get(key).map(|c| c.phase) else {
             return;
         };
+        if self.core.paused(key) {
+            // Backpressure: its own replies are not being read. The flush
+            // that drains them schedules a read.
+            return;
+        }
         match phase {
             Phase::Dead => {}
             Phase::Http => self.read_loop(key, None, |core, app, key, bytes| {
@@ -1141,11 +436,7 @@ impl<H: Handler> Loop<H> {
         mut each: impl FnMut(&mut Core, &mut App<H>, usize, &mut [u8]) -> After,
     ) {
         let Loop {
-            core,
-            app,
-            readbuf,
-            pending_reads,
-            ..
+            core, app, readbuf, ..
         } = self;
         for _ in 0..MAX_READS_PER_EVENT {
             let Some(c) = core.conns.get_mut(key) else {
@@ -1156,7 +447,7 @@ impl<H: Handler> Loop<H> {
                 Ok(n) => {
                     let full = n == readbuf.len();
                     match each(core, app, key, &mut readbuf[..n]) {
-                        _ if !full => return,
+                        _ if !full || core.paused(key) => return,
                         After::More => {}
                         After::Requeue => break,
                         After::Stop => return,
@@ -1167,17 +458,17 @@ impl<H: Handler> Loop<H> {
                 Err(_) => return core.kill(key, gone),
             }
         }
-        pending_reads.push(key);
+        core.pending_reads.push(key as u32);
     }
 
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Broadcast(frame) => self.core.broadcast(frame),
-            Command::Publish(topic, frame) => self.core.publish(&topic, frame),
+            Command::Publish(p) => self.core.publish(&p),
             Command::Send(id, frame) => {
                 if let Some(key) = self.core.lookup(id) {
                     let f: LocalFrame = Rc::new(frame.into_shared());
-                    self.core.queue_shared(key, &f);
+                    self.core.queue_shared(key, &f, Cause::Push);
                 }
             }
             Command::Close(id, code, reason) => {

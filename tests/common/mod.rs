@@ -2,6 +2,8 @@
 //! binary on a free port, connect with tungstenite or raw sockets.
 #![allow(dead_code)]
 
+pub mod push;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -167,10 +169,15 @@ impl Drop for Daemon {
 
 /// A tungstenite client over a plain TCP stream.
 pub fn ws(d: &Daemon, path: &str) -> WebSocket<TcpStream> {
-    let stream = TcpStream::connect(d.addr).expect("connect");
+    ws_at(d.addr, path)
+}
+
+/// A tungstenite client of the server at `addr` (usable from any thread).
+pub fn ws_at(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     stream.set_nodelay(true).unwrap();
-    let (ws, resp) = tungstenite::client(d.url(path), stream).expect("handshake");
+    let (ws, resp) = tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
     assert_eq!(resp.status(), 101);
     ws
 }

@@ -1,0 +1,201 @@
+//! The dispatch to the application: HTTP requests and the upgrade, then
+//! decoded frames, handed to the [`Handler`]'s callbacks.
+
+use std::mem;
+
+use super::conn::{HttpState, Phase, CLOSE_DONE, UPGRADED};
+use super::core::{Cause, Core};
+use super::handler::{CloseReason, ConnInfo, Context, Handler};
+use super::hub::ConnId;
+use crate::protocol::{encode, handshake, HttpError, Message, OpCode};
+
+/// The application side: the handler and each connection's state.
+pub(crate) struct App<H: Handler> {
+    pub(crate) handler: H,
+    pub(crate) states: Vec<Option<H::Conn>>,
+}
+
+impl<H: Handler> App<H> {
+    pub(crate) fn state_slot(&mut self, key: usize) -> &mut Option<H::Conn> {
+        if self.states.len() <= key {
+            self.states.resize_with(key + 1, || None);
+        }
+        &mut self.states[key]
+    }
+
+    /// Refuse a request with the handler's response for the error.
+    pub(crate) fn refuse(&mut self, core: &mut Core, key: usize, e: HttpError) {
+        log::debug!("conn {}: refused: {e}", core.id_of(key));
+        let resp = self.handler.on_refuse(e);
+        core.respond(key, &resp, true);
+    }
+
+    /// Serve what the connection has sent while it speaks HTTP: refusals,
+    /// plain requests (keep-alive), or the upgrade.
+    pub(crate) fn serve_http(&mut self, core: &mut Core, key: usize, mut hs: Box<HttpState>) {
+        let cfg = core.cfg.clone();
+        // Start of the current request in `hs.buf` (pipelined requests are
+        // served in place; the buffer is compacted once at the end).
+        let mut off = 0;
+        loop {
+            let (req, consumed) = match hs.parser.parse(&cfg.http, &hs.buf[off..]) {
+                Ok(Some(done)) => done,
+                Ok(None) => {
+                    hs.buf.drain(..off);
+                    if let Some(c) = core.conns.get_mut(key) {
+                        c.http = Some(hs);
+                    }
+                    return;
+                }
+                Err(e) => return self.refuse(core, key, e),
+            };
+            let id = core.id_of(key);
+            let peer = Some(hs.peer);
+            if !handshake::is_upgrade(&req) {
+                core.stats.http_requests_total += 1;
+                let info = ConnInfo {
+                    id,
+                    peer,
+                    protocol: None,
+                };
+                let resp = self
+                    .handler
+                    .on_http(&req, &info, &mut Context { core, key, id })
+                    .for_method(req.method);
+                let keep = req.keep_alive() && !resp.close && !core.draining;
+                core.respond(key, &resp, !keep);
+                if !keep {
+                    return;
+                }
+                off += consumed;
+                hs.parser.reset();
+                // The deadline moves; the timer entry re-arms itself when it fires.
+                hs.deadline = core.after(cfg.handshake_timeout);
+                if core.paused(key) {
+                    // Pipelined requests whose answers are not being read:
+                    // keep the rest for when the queue has drained.
+                    log::debug!("conn {id}: pipelined answers over the buffer limit, pausing");
+                    hs.buf.drain(..off);
+                    if let Some(c) = core.conns.get_mut(key) {
+                        c.http = Some(hs);
+                    }
+                    return;
+                }
+                continue;
+            }
+            let acc = match handshake::validate(&req, &cfg.handshake) {
+                Ok(acc) => acc,
+                Err(e) => return self.refuse(core, key, e),
+            };
+            let info = ConnInfo {
+                id,
+                peer,
+                protocol: acc.protocol,
+            };
+            let state = match self
+                .handler
+                .on_upgrade(&req, &info, &mut Context { core, key, id })
+            {
+                Ok(state) => state,
+                Err(resp) => {
+                    log::debug!("conn {id}: upgrade refused by handler: {}", resp.status);
+                    return core.respond(key, &resp, true);
+                }
+            };
+            let Some(c) = core.conns.get_mut(key) else {
+                return;
+            };
+            if c.phase != Phase::Http {
+                return;
+            }
+            c.phase = Phase::Open;
+            c.flags |= UPGRADED;
+            let generation = c.generation;
+            c.last_rx = core.ms;
+            core.arm_heartbeat(key, generation);
+            core.stats.upgrades_total += 1;
+            core.stats.websockets += 1;
+            core.queue_raw(key, Cause::Reply, |v| handshake::write_accept(&acc, v));
+            let slot = self.state_slot(key);
+            *slot = Some(state);
+            if let Some(mut st) = slot.take() {
+                self.handler
+                    .on_open(&mut st, &mut Context { core, key, id });
+                *self.state_slot(key) = Some(st);
+            }
+            // A first frame may have come in the same packet as the request.
+            if off + consumed < hs.buf.len() {
+                let mut rest = mem::take(&mut hs.buf);
+                self.process_ws(core, key, &mut rest[off + consumed..]);
+            }
+            return;
+        }
+    }
+
+    /// Decode frames from `buf` and dispatch them.
+    pub(crate) fn process_ws(&mut self, core: &mut Core, key: usize, buf: &mut [u8]) {
+        let Some(c) = core.conns.get_mut(key) else {
+            return;
+        };
+        let id = ConnId::new(core.index, key, c.generation);
+        let mut dec = mem::take(&mut c.decoder);
+        let mut state = self.state_slot(key).take();
+        let mut off = 0;
+        while off < buf.len() {
+            let phase = core.conns.get(key).map(|c| c.phase).unwrap_or(Phase::Dead);
+            if !matches!(phase, Phase::Open | Phase::Closing) {
+                break;
+            }
+            let d = match dec.decode(&core.dec_cfg, &mut buf[off..]) {
+                Ok(d) => d,
+                Err(e) => {
+                    core.fail(key, e);
+                    break;
+                }
+            };
+            off += d.consumed;
+            let Some(msg) = d.message else { break };
+            match msg {
+                Message::Text(_) | Message::Binary(_) => {
+                    core.stats.messages_in_total += 1;
+                    if phase == Phase::Open {
+                        if let Some(st) = state.as_mut() {
+                            self.handler
+                                .on_message(st, msg, &mut Context { core, key, id });
+                        }
+                    }
+                }
+                Message::Ping(p) => {
+                    if phase == Phase::Open {
+                        core.queue_raw(key, Cause::Reply, |v| {
+                            encode::frame_into(v, OpCode::Pong, p)
+                        });
+                    }
+                }
+                Message::Pong(_) => {}
+                Message::Close(cf) => {
+                    if let Some(c) = core.conns.get_mut(key) {
+                        if phase == Phase::Open {
+                            let code = cf.map(|f| f.code);
+                            c.close_reason.get_or_insert(CloseReason::Client(code));
+                            core.queue_control(key, |v| encode::close_into(v, code, ""));
+                        }
+                    }
+                    if let Some(c) = core.conns.get_mut(key) {
+                        c.flags |= CLOSE_DONE;
+                    }
+                    core.linger(key);
+                    core.mark_dirty(key);
+                    break;
+                }
+            }
+        }
+        if dec.is_idle() {
+            dec.release_buffers();
+        }
+        if let Some(c) = core.conns.get_mut(key) {
+            c.decoder = dec;
+        }
+        *self.state_slot(key) = state;
+    }
+}

@@ -1,0 +1,100 @@
+//! Helpers for tests of the push service: HTTP API calls, `/ws` clients
+//! speaking JSON through tungstenite.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use serde_json::Value;
+use tungstenite::Message as TMsg;
+
+use super::{status_of, ws, Daemon, IO_TIMEOUT};
+
+/// A `/ws` client.
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// One HTTP request, `Connection: close`; returns (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = status_of(&out);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Parse JSON or fail the test with the text.
+pub fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s:?}"))
+}
+
+/// `POST /publish/{channel}` with a JSON body; the answer (200 asserted).
+pub fn publish(addr: SocketAddr, channel: &str, data: &str) -> Value {
+    let (st, body) = http(
+        addr,
+        "POST",
+        &format!("/publish/{channel}"),
+        "Content-Type: application/json\r\n",
+        data.as_bytes(),
+    );
+    assert_eq!(st, 200, "{body}");
+    json(&body)
+}
+
+/// `GET` a path of the API; (status, JSON body).
+pub fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (st, body) = http(addr, "GET", path, "", b"");
+    (st, json(&body))
+}
+
+/// Connect to `/ws` with a query; returns the socket and its welcome,
+/// after the `subscribed` answer of each channel in the query.
+pub fn connect(d: &Daemon, query: &str) -> (Ws, Value) {
+    let (mut ws, welcome) = connect_raw(d, query);
+    for ch in welcome["channels"].as_array().unwrap() {
+        let r = next_json(&mut ws);
+        assert_eq!(r["op"], "subscribed", "{r}");
+        assert_eq!(&r["channel"], ch, "{r}");
+    }
+    (ws, welcome)
+}
+
+/// Connect to `/ws` with a query; returns the socket and its welcome only.
+pub fn connect_raw(d: &Daemon, query: &str) -> (Ws, Value) {
+    let mut ws = ws(d, &format!("/ws{query}"));
+    let welcome = next_json(&mut ws);
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+/// The next text message as JSON (pings and pongs skipped).
+pub fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("read") {
+            TMsg::Text(t) => return json(&t),
+            TMsg::Ping(_) | TMsg::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Send a control message and read the next message.
+pub fn op(ws: &mut Ws, v: Value) -> Value {
+    ws.send(TMsg::Text(v.to_string())).unwrap();
+    next_json(ws)
+}

@@ -1,0 +1,152 @@
+//! One backpressure policy (issue 8, item 3): replies a client causes
+//! itself stop the worker from reading that client while they pile up (TCP
+//! pushes back on the sender); pushes a subscriber cannot take make it a
+//! slow consumer (1008). Through the real binary.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use wspush::protocol::{encode, OpCode};
+
+fn masked(op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode::masked_frame_into(&mut v, true, op, payload, [9, 8, 7, 6]);
+    v
+}
+
+/// Write `bytes` from another thread (the test reads meanwhile).
+fn write_in_background(stream: &TcpStream, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+    let mut w = stream.try_clone().unwrap();
+    w.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    std::thread::spawn(move || w.write_all(&bytes).expect("the server reads on"))
+}
+
+#[test]
+fn pipelined_control_pings_are_all_answered_under_a_small_buffer_limit() {
+    // 20,000 {"op":"ping"} in one write (~600 KB) against --max-buffered 64 KiB:
+    // every pong arrives, nothing is closed.
+    let d = Daemon::start(&["--workers", "1", "--max-buffered", "65536"]);
+    let mut c = RawWs::connect(d.addr, "/ws");
+    let (op, welcome) = c.next().expect("welcome");
+    assert_eq!(op, OpCode::Text);
+    assert!(String::from_utf8_lossy(&welcome).contains("welcome"));
+    let mut all = Vec::new();
+    for i in 0..20_000 {
+        all.extend(masked(
+            OpCode::Text,
+            format!(r#"{{"op":"ping","id":{i}}}"#).as_bytes(),
+        ));
+    }
+    let writer = write_in_background(&c.stream, all);
+    for i in 0..20_000 {
+        let (op, p) = c.next().unwrap_or_else(|| panic!("EOF after {i} pongs"));
+        assert_eq!(op, OpCode::Text, "pong {i}");
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v["op"], "pong", "{v}");
+        assert_eq!(v["id"], i, "pongs in order");
+    }
+    writer.join().unwrap();
+    c.send(OpCode::Text, br#"{"op":"ping","id":"last"}"#, true);
+    let (_, p) = c.next().expect("still open");
+    assert!(String::from_utf8_lossy(&p).contains("last"));
+}
+
+#[test]
+fn large_pipelined_echoes_are_all_delivered() {
+    // Four 400 KB echoes in one write with the default 1 MiB limit.
+    let d = Daemon::start(&["--workers", "1"]);
+    let mut c = RawWs::connect(d.addr, "/echo");
+    let mut all = Vec::new();
+    for i in 0..4u8 {
+        all.extend(masked(OpCode::Binary, &vec![i; 400_000]));
+    }
+    let writer = write_in_background(&c.stream, all);
+    for i in 0..4u8 {
+        let (op, p) = c.next().unwrap_or_else(|| panic!("EOF before echo {i}"));
+        assert_eq!(op, OpCode::Binary);
+        assert_eq!(p.len(), 400_000);
+        assert!(p.iter().all(|&b| b == i), "echo {i} intact");
+    }
+    writer.join().unwrap();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_sender_that_never_reads_is_stopped_by_tcp_not_by_memory() {
+    // The client sends 20 MB of echo requests and reads nothing: the server
+    // stops reading it once its echoes pass the limit, so the client's writes
+    // stall long before 20 MB, the server's memory stays bounded, and other
+    // clients are served meanwhile.
+    let d = Daemon::start(&["--workers", "1", "--max-buffered", "65536"]);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.set_send_buffer_size(65536).unwrap();
+    sock.connect(&d.addr.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    let mut c = RawWs::from_stream(stream, "/echo");
+    let frame = masked(OpCode::Binary, &[1u8; 1000]);
+    // Non-blocking writes: count what the kernel takes until it takes nothing
+    // for a while (the server stopped reading), bounded by 20 MB.
+    c.stream.set_nonblocking(true).unwrap();
+    let mut all = Vec::with_capacity(frame.len() * 20_000);
+    for _ in 0..20_000 {
+        all.extend_from_slice(&frame);
+    }
+    let mut sent = 0;
+    let mut idle_rounds = 0;
+    while sent < all.len() && idle_rounds < 200 {
+        match c.stream.write(&all[sent..]) {
+            Ok(n) => {
+                sent += n;
+                idle_rounds = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                idle_rounds += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("write failed after {sent} bytes: {e}"),
+        }
+    }
+    assert!(
+        sent < all.len() / 2,
+        "the server kept reading a client that never reads ({sent} bytes taken)"
+    );
+    let rss = rss_kib(d.child.id());
+    assert!(
+        rss < 64 * 1024,
+        "server RSS {rss} KiB for one stalled client"
+    );
+    // Other clients are served meanwhile.
+    let mut other = ws(&d, "/echo");
+    other
+        .send(tungstenite::Message::Text("hello".into()))
+        .unwrap();
+    assert_eq!(other.read().unwrap().into_text().unwrap(), "hello");
+    // The stalled client was not closed: once it reads, everything it sent
+    // comes back and the connection goes on.
+    c.stream.set_nonblocking(false).unwrap();
+    let whole = sent / frame.len();
+    let writer = {
+        let rest = all[sent..(whole + 1) * frame.len()].to_vec();
+        write_in_background(&c.stream, rest)
+    };
+    for i in 0..=whole {
+        let (op, p) = c.next().unwrap_or_else(|| panic!("EOF after {i} echoes"));
+        assert_eq!(op, OpCode::Binary);
+        assert_eq!(p.len(), 1000);
+    }
+    writer.join().unwrap();
+    assert!(!d.logged("slow consumer"), "not treated as a slow consumer");
+}
