@@ -133,6 +133,7 @@ fn nonsense_flags_are_refused_naming_the_flag() {
         (&["--max-message-size", "0"], "--max-message-size"),
         (&["--max-buffered", "0"], "--max-buffered"),
         (&["--max-publish-size", "0"], "--max-publish-size"),
+        (&["--max-pending-bytes", "0"], "--max-pending-bytes"),
         (&["--max-connections", "0"], "--max-connections"),
         (&["--workers", "0"], "--workers"),
         (&["--workers", "100000"], "--workers"),

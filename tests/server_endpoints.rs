@@ -45,11 +45,11 @@ fn echo_text_binary_fragmented_and_16_mib() {
     assert_eq!(ws.read().unwrap(), TMsg::Pong(b"in-between".to_vec()));
     assert_eq!(ws.read().unwrap(), TMsg::Text("fragmented".into()));
 
-    // 16 MiB, the default limit, in one message.
-    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i ^ (i >> 8)) as u8).collect();
+    // 1 MiB, the default limit, in one message.
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i ^ (i >> 8)) as u8).collect();
     ws.send(TMsg::Binary(big.clone())).unwrap();
     match ws.read().unwrap() {
-        TMsg::Binary(b) => assert!(b == big, "16 MiB echo differs"),
+        TMsg::Binary(b) => assert!(b == big, "1 MiB echo differs"),
         other => panic!("expected binary, got {other:?}"),
     }
     ws.close(None).unwrap();

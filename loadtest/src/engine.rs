@@ -34,6 +34,10 @@ pub enum Mode {
     /// one publisher POSTs `/publish/CHANNEL` over a keep-alive HTTP/1.1
     /// connection, every subscriber receives every publication.
     Push,
+    /// Chaos test of delivery: subscribers of `--channels` channels are
+    /// dropped (`--drop` per `--drop-interval`) and resume with `since`
+    /// while publications go on; every seq checked per subscriber.
+    Churn,
 }
 
 /// The engine's view of the command line, shared by all threads.
@@ -600,11 +604,11 @@ impl Worker {
     }
 }
 
-fn source_addr(cfg: &Config, g: u32) -> Option<Ipv4Addr> {
-    if cfg.sources == 0 {
+fn source_addr(sources: u32, g: u32) -> Option<Ipv4Addr> {
+    if sources == 0 {
         return None;
     }
-    Some(Ipv4Addr::new(127, 0, 0, 1 + (g % cfg.sources) as u8))
+    Some(Ipv4Addr::new(127, 0, 0, 1 + (g % sources) as u8))
 }
 
 fn start_connect(c: &mut Conn, token: usize, cx: &mut Cx) {
@@ -632,10 +636,16 @@ fn start_connect(c: &mut Conn, token: usize, cx: &mut Cx) {
 }
 
 fn open_socket(cfg: &Config, g: u32) -> io::Result<TcpStream> {
+    open_socket_to(cfg.addr, cfg.sources, g)
+}
+
+/// A non-blocking connect to `addr` from 127.0.0.(1 + g % sources), or from
+/// the kernel's choice with `sources` = 0.
+pub fn open_socket_to(addr: SocketAddr, sources: u32, g: u32) -> io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None)?;
     s.set_nodelay(true)?;
-    if let Some(src) = source_addr(cfg, g) {
+    if let Some(src) = source_addr(sources, g) {
         // Let connect() pick the port for the full 4-tuple, so each source
         // address gives its own ~28k ports per destination.
         let one: libc::c_int = 1;
@@ -651,7 +661,7 @@ fn open_socket(cfg: &Config, g: u32) -> io::Result<TcpStream> {
         }
         s.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
     }
-    match s.connect(&cfg.addr.into()) {
+    match s.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
@@ -848,7 +858,7 @@ fn on_data(c: &mut Conn, cx: &mut Cx, len: usize, probe: Option<Probe>, now: u64
             };
             track(c, cx, p, now);
         }
-        Mode::Connect | Mode::Idle | Mode::Push => {}
+        Mode::Connect | Mode::Idle | Mode::Push | Mode::Churn => {}
     }
 }
 

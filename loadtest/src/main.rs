@@ -16,6 +16,7 @@
 //! a second. Exit status 1 when errors (failed connections, lost, duplicated,
 //! out-of-order or mismatched messages) exceed `--max-errors`.
 
+mod churn;
 mod engine;
 mod report;
 mod stats;
@@ -43,8 +44,13 @@ pub struct Args {
     /// Target, ws://HOST:PORT/PATH (HOST an address or a name that resolves).
     #[arg(long, default_value = "ws://127.0.0.1:9001/echo")]
     pub url: String,
-    /// Connections in the whole run (all processes and threads).
-    #[arg(short = 'c', long, default_value_t = 100)]
+    /// Connections in the whole run (all processes and threads); churn: subscribers.
+    #[arg(
+        short = 'c',
+        long,
+        visible_alias = "subscribers",
+        default_value_t = 100
+    )]
     pub conns: u32,
     /// Engine threads per process, each with its own poll over its share.
     #[arg(short = 't', long, default_value_t = 1)]
@@ -85,9 +91,10 @@ pub struct Args {
     /// Seconds the whole connect phase may take.
     #[arg(long, default_value_t = 60.0)]
     pub connect_deadline: f64,
-    /// Seconds to wait after the timed phase for outstanding messages.
-    #[arg(long, default_value_t = 3.0)]
-    pub drain: f64,
+    /// Seconds to wait after the timed phase for outstanding messages
+    /// (default 3; churn: 10).
+    #[arg(long)]
+    pub drain: Option<f64>,
     /// The server's pid: report its CPU time (and RSS growth in idle mode).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -109,6 +116,25 @@ pub struct Args {
     /// Push: API key, sent as `Authorization: Bearer KEY`.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Churn: channels PREFIX.0 … PREFIX.N-1 (PREFIX: --channel); publications go round robin.
+    #[arg(long, default_value_t = 1)]
+    pub channels: u32,
+    /// Churn: channels each subscriber holds (subscriber i: channels i, i+1, … mod --channels).
+    #[arg(long, default_value_t = 1)]
+    pub channels_per_sub: u32,
+    /// Churn: fraction of the subscribers dropped every --drop-interval (then resumed).
+    #[arg(long, default_value_t = 0.1)]
+    pub drop: f64,
+    /// Churn: fraction of the drops that are TCP resets (SO_LINGER 0); the rest close cleanly.
+    #[arg(long, default_value_t = 0.5)]
+    pub reset_share: f64,
+    /// Churn: seconds between two rounds of drops.
+    #[arg(long, default_value_t = 1.0)]
+    pub drop_interval: f64,
+    /// Churn: resume with a subscribe message carrying `since` after the
+    /// welcome, instead of `?since=CHANNEL:SEQ:EPOCH` in the upgrade request.
+    #[arg(long)]
+    pub resume_op: bool,
     /// Internal: index of this child process (set by --procs).
     #[arg(long, hide = true)]
     pub child_index: Option<u32>,
@@ -297,7 +323,7 @@ fn run_local(a: &Args, cfg: Config) -> Results {
         sh.sent.load(SeqCst)
     };
     // Drain.
-    let drain_end = now_ns() + (a.drain * 1e9) as u64;
+    let drain_end = now_ns() + (a.drain.unwrap_or(3.0) * 1e9) as u64;
     loop {
         let now = now_ns();
         if now >= drain_end {
@@ -309,7 +335,7 @@ fn run_local(a: &Args, cfg: Config) -> Results {
         let done = match cfg.mode {
             Mode::Echo => recv >= sent,
             Mode::Broadcast | Mode::Push => recv >= published * subs,
-            Mode::Connect | Mode::Idle => true,
+            Mode::Connect | Mode::Idle | Mode::Churn => true,
         };
         if done {
             break;
@@ -568,6 +594,9 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
 
 fn main() {
     let a = Args::parse();
+    if a.mode == Mode::Churn {
+        std::process::exit(churn::main(&a));
+    }
     let cfg = match build_config(&a) {
         Ok(c) => c,
         Err(e) => {

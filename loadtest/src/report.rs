@@ -28,6 +28,11 @@ impl Summary {
         self.0.push((k, v));
     }
 
+    /// Append one figure.
+    pub fn set(&mut self, k: &str, v: Value) {
+        self.0.push((k.to_string(), v));
+    }
+
     pub fn get(&self, k: &str) -> Option<&Value> {
         self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v)
     }
@@ -207,6 +212,7 @@ pub fn summarize(a: &Args, cfg: &Config, r: &mut Results) -> Summary {
             }
         }
         Mode::Connect => per_msg = Some((r.opened, "handshake")),
+        Mode::Churn => {}
     }
     o.insert("client_cpu_s".into(), json!(round(r.cpu_s, 3)));
     o.insert("client_cpu_total_s".into(), json!(round(r.cpu_total_s, 3)));

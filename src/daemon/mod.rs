@@ -40,8 +40,9 @@ pub struct Args {
     #[arg(long)]
     pub max_connections: Option<usize>,
     /// Largest message (and frame) a client may send, in bytes; larger
-    /// messages are answered with close code 1009.
-    #[arg(long, default_value_t = 16 << 20)]
+    /// messages are answered with close code 1009. Push clients send control
+    /// messages and publications: 1 MiB covers those with room to spare.
+    #[arg(long, default_value_t = 1 << 20)]
     pub max_message_size: usize,
     /// Unsent bytes a connection may have queued (behind the message being
     /// written) before it is closed as a slow consumer.
@@ -107,6 +108,11 @@ pub struct Args {
     /// How long a publication stays in its channel's history, e.g. `5m`.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub history_ttl: Duration,
+    /// Bytes all connections together may hold in partially received
+    /// messages and request bodies; past it new large receptions are
+    /// refused (close 1009, HTTP 503).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_pending_bytes: usize,
     /// Bytes the history of all channels may take (each entry is charged
     /// its frame, its channel name and 256 B); past it the oldest go first.
     #[arg(long, default_value_t = 64 << 20)]
@@ -260,6 +266,7 @@ impl Args {
             ("--max-message-size", self.max_message_size),
             ("--max-buffered", self.max_buffered),
             ("--max-publish-size", self.max_publish_size),
+            ("--max-pending-bytes", self.max_pending_bytes),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -375,6 +382,7 @@ impl Args {
                 ..HttpLimits::default()
             },
             share_port: self.reuse_port,
+            max_pending_bytes: self.max_pending_bytes,
             history: HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,

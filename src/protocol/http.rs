@@ -212,6 +212,17 @@ impl RequestParser {
         Ok(Some((req, total)))
     }
 
+    /// The head of a request whose body has not fully arrived yet (its body
+    /// empty), so the head can be judged before the body is read; `None`
+    /// if the head is incomplete or the request is already complete.
+    pub fn awaiting_body<'b>(&self, limits: &HttpLimits, buf: &'b [u8]) -> Option<Request<'b>> {
+        let (head_len, body_len) = self.framed?;
+        if buf.len() >= head_len.saturating_add(body_len) {
+            return None;
+        }
+        parse_head(limits, buf.get(..head_len)?).ok()
+    }
+
     /// Scan new bytes for the blank line ending the head; returns the head length.
     /// Between line ends it jumps from LF to LF eight bytes at a time; only
     /// the one or two bytes after each LF go through the line-end state.

@@ -100,6 +100,17 @@ impl Route {
     }
 }
 
+/// Judge an API request on its head, before its body is read: a request
+/// the key or loopback rule refuses is answered at once (its body, up to
+/// `--max-publish-size`, is never buffered). `None`: not refused.
+pub fn refuse_early(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Option<Response> {
+    let route = Route::of(req.path)?;
+    if route == Route::Broadcast && req.method != "POST" {
+        return None;
+    }
+    authorize(svc, req, info).err()
+}
+
 /// API key when configured, else loopback only.
 fn authorize(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Result<(), Response> {
     match &svc.shared().cfg.api_key {

@@ -18,6 +18,8 @@ pub enum Control {
     Publish(String, String),
     /// `{"op":"ping"}`
     Ping,
+    /// `{"op":"refresh","token":"JWT"}`: a fresh token before `exp`.
+    Refresh(String),
 }
 
 /// A control message that could not be understood: error code and message.
@@ -132,6 +134,10 @@ pub fn parse(text: &str) -> Parsed {
             (_, None) => bad("invalid_message", "missing field \"data\""),
         },
         Some("ping") => Ok(Control::Ping),
+        Some("refresh") => match o.get("token") {
+            Some(Value::String(t)) => Ok(Control::Refresh(t.clone())),
+            _ => bad("invalid_message", "missing string field \"token\""),
+        },
         Some(_) => bad("unknown_op", "unknown op"),
         None => bad("invalid_message", "missing string field \"op\""),
     };
@@ -212,6 +218,22 @@ pub fn reply_published(channel: &str, seq: u64, id: Option<&str>) -> String {
             json_str(channel)
         ),
         id,
+    )
+}
+
+/// `{"op":"refreshed","exp":N}` (+ id); `null` for a token without `exp`.
+pub fn reply_refreshed(exp: Option<u64>, id: Option<&str>) -> String {
+    let exp = exp.map_or_else(|| "null".to_string(), |e| e.to_string());
+    with_id(format!("{{\"op\":\"refreshed\",\"exp\":{exp}}}"), id)
+}
+
+/// `{"op":"unsubscribed","channel":"x","reason":"..."}`: the server ended
+/// a subscription (e.g. a refreshed token no longer allows the channel).
+pub fn unsubscribed_by_server(channel: &str, reason: &str) -> String {
+    format!(
+        "{{\"op\":\"unsubscribed\",\"channel\":{},\"reason\":{}}}",
+        json_str(channel),
+        json_str(reason)
     )
 }
 

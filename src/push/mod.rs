@@ -36,9 +36,12 @@ use envelope::Control;
 /// The demo page served at `GET /`.
 pub const PAGE: &str = include_str!("page.html");
 
-/// The page's Content-Security-Policy: its own inline script and style,
-/// WebSockets to this server, nothing else.
-const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+/// The browser client served at `GET /wspush.js` (the demo page uses it).
+pub const CLIENT_JS: &str = include_str!("wspush.js");
+
+/// The page's Content-Security-Policy: its own inline script and style, the
+/// client script from this server, WebSockets to this server, nothing else.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
      img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What a bad channel name is told.
@@ -152,6 +155,9 @@ struct SessionExtra {
     user: Option<Arc<str>>,
     /// The token, when it has a `channels` claim.
     allowed: Option<auth::Claims>,
+    /// The token's `exp` (seconds since the Unix epoch): at that time the
+    /// connection is closed with 3000 unless a refresh moved it.
+    exp: Option<u64>,
     /// Channels from the query string, subscribed on open (with the
     /// position to resume after, from `since=`).
     initial: Vec<(String, Option<Position>)>,
@@ -176,6 +182,21 @@ impl Session {
     fn user(&self) -> Option<&str> {
         self.extra.as_ref().and_then(|e| e.user.as_deref())
     }
+
+    /// When the token expires, if it does.
+    fn exp(&self) -> Option<u64> {
+        self.extra.as_ref().and_then(|e| e.exp)
+    }
+}
+
+/// Close code for a token that expired without a refresh (IANA: Unauthorized).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 3000;
+
+/// Arm the expiry check of a connection whose token expires at `exp`.
+fn arm_expiry(ctx: &mut Context<'_>, exp: u64) {
+    ctx.set_timer(std::time::Duration::from_secs(
+        exp.saturating_sub(unix_now()),
+    ));
 }
 
 /// Whether the route takes WebSocket upgrades.
@@ -268,14 +289,7 @@ impl PushService {
                 .map(str::to_string),
         };
         let result = match token {
-            Some(t) => auth::verify_hs256(
-                &t,
-                secret,
-                unix_now(),
-                auth::TokenRules {
-                    allow_no_exp: self.shared.cfg.allow_non_expiring_tokens,
-                },
-            ),
+            Some(t) => auth::verify_hs256(&t, secret, unix_now(), self.token_rules()),
             None => Err(auth::AuthError::Missing),
         };
         match result {
@@ -284,6 +298,13 @@ impl PushService {
                 log::debug!("upgrade refused: token: {}", e.message());
                 Err(text_error(401, e.message()).header("WWW-Authenticate", "Bearer"))
             }
+        }
+    }
+
+    /// What a token (at the upgrade or in a refresh) must carry.
+    fn token_rules(&self) -> auth::TokenRules {
+        auth::TokenRules {
+            allow_no_exp: self.shared.cfg.allow_non_expiring_tokens,
         }
     }
 
@@ -312,6 +333,46 @@ impl PushService {
         }
     }
 
+    /// A fresh token for the same user: it replaces the old one's expiry
+    /// and channel allowance; subscriptions it no longer allows end.
+    fn refresh(&self, s: &mut Session, token: &str, ctx: &mut Context<'_>, id: Option<&str>) {
+        let Some(secret) = &self.shared.cfg.jwt_secret else {
+            return self.strike(
+                s,
+                ctx,
+                "tokens_disabled",
+                "this server does not use tokens",
+                id,
+            );
+        };
+        let claims = match auth::verify_hs256(token, secret, unix_now(), self.token_rules()) {
+            Ok(c) => c,
+            Err(e) => return self.strike(s, ctx, "invalid_token", e.message(), id),
+        };
+        if Some(claims.sub.as_str()) != s.user() {
+            return self.strike(s, ctx, "forbidden", "the new token is for another user", id);
+        }
+        let exp = claims.exp;
+        let extra = s.extra.get_or_insert_with(Default::default);
+        extra.exp = exp;
+        extra.allowed = claims.channels.is_some().then_some(claims);
+        let own = s.user().map(user_topic);
+        for topic in ctx.topics() {
+            if Some(&*topic) == own.as_deref() || topic.starts_with('#') || s.allows(&topic) {
+                continue;
+            }
+            ctx.unsubscribe(&topic);
+            ctx.send_text(&envelope::unsubscribed_by_server(
+                &topic,
+                "the refreshed token does not allow this channel",
+            ));
+        }
+        if let Some(exp) = exp {
+            arm_expiry(ctx, exp);
+        }
+        ctx.send_text(&envelope::reply_refreshed(exp, id));
+    }
+
     fn control(&self, s: &mut Session, text: &str, ctx: &mut Context<'_>) {
         let parsed = envelope::parse(text);
         let id = parsed.id.as_deref();
@@ -328,7 +389,7 @@ impl PushService {
             }
         }
         let refusal = match &control {
-            Control::Ping => None,
+            Control::Ping | Control::Refresh(_) => None,
             Control::Subscribe(ch, _) if !s.allows(ch) => {
                 Some(("forbidden", "the token does not allow this channel"))
             }
@@ -347,6 +408,7 @@ impl PushService {
         }
         match control {
             Control::Ping => ctx.send_text(&envelope::reply_pong(id)),
+            Control::Refresh(token) => self.refresh(s, &token, ctx, id),
             Control::Subscribe(ch, since) => {
                 if !subscribe(ctx, &ch, since, id) {
                     // Harmless (no strike); the subscription goes on as it was.
@@ -431,14 +493,17 @@ impl Handler for PushService {
             }
         }
         let user = claims.as_ref().map(|c| Arc::from(c.sub.as_str()));
+        let exp = claims.as_ref().and_then(|c| c.exp);
         let allowed = claims.filter(|c| c.channels.is_some());
-        let extra = (user.is_some() || allowed.is_some() || !initial.is_empty()).then(|| {
-            Box::new(SessionExtra {
-                user,
-                allowed,
-                initial,
-            })
-        });
+        let extra = (user.is_some() || allowed.is_some() || exp.is_some() || !initial.is_empty())
+            .then(|| {
+                Box::new(SessionExtra {
+                    user,
+                    allowed,
+                    exp,
+                    initial,
+                })
+            });
         Ok(Session {
             kind,
             extra,
@@ -461,7 +526,24 @@ impl Handler for PushService {
                 .header("Cache-Control", "no-cache")
                 .header("X-Content-Type-Options", "nosniff")
                 .header("Content-Security-Policy", PAGE_CSP),
-            ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
+            ("GET" | "HEAD", "/wspush.js") => {
+                Response::with_body(200, "application/javascript; charset=utf-8", CLIENT_JS)
+                    .header("Cache-Control", "no-cache")
+                    .header("X-Content-Type-Options", "nosniff")
+            }
+            ("GET" | "HEAD", "/healthz") => {
+                let (open, max) = self.handle.capacity();
+                if open >= max {
+                    Response::text(
+                        503,
+                        format!(
+                            "full: {open} of --max-connections {max} WebSocket connections held\n"
+                        ),
+                    )
+                } else {
+                    Response::text(200, "ok\n")
+                }
+            }
             (_, p) if ws_kind(p).is_some() => Response::text(
                 426,
                 "this endpoint speaks WebSocket: send an Upgrade request\n",
@@ -470,6 +552,13 @@ impl Handler for PushService {
             .header("Sec-WebSocket-Version", "13"),
             _ => Response::not_found(),
         }
+    }
+
+    fn on_request_head(&mut self, req: &Request<'_>, info: &ConnInfo<'_>) -> Option<Response> {
+        if self.api_only || self.shared.cfg.api_on_main {
+            return api::refuse_early(self, req, info);
+        }
+        None
     }
 
     fn on_refuse(&mut self, err: HttpError) -> Response {
@@ -505,9 +594,12 @@ impl Handler for PushService {
                 for (ch, since) in initial {
                     subscribe(ctx, &ch, since, None);
                 }
+                if let Some(exp) = s.exp() {
+                    arm_expiry(ctx, exp);
+                }
                 if s.extra
                     .as_ref()
-                    .is_some_and(|e| e.user.is_none() && e.allowed.is_none())
+                    .is_some_and(|e| e.user.is_none() && e.allowed.is_none() && e.exp.is_none())
                 {
                     s.extra = None;
                 }
@@ -535,6 +627,21 @@ impl Handler for PushService {
             ),
             _ => {}
         }
+    }
+
+    fn on_timer(&mut self, s: &mut Session, ctx: &mut Context<'_>) {
+        let Some(exp) = s.exp() else { return };
+        if unix_now() < exp {
+            // A refresh moved the expiry (or the timer was capped): wait on.
+            return arm_expiry(ctx, exp);
+        }
+        log::debug!("conn {}: token expired", ctx.id());
+        ctx.send_text(&envelope::reply_error(
+            "token_expired",
+            "the token expired; reconnect with a fresh one",
+            None,
+        ));
+        ctx.close(CLOSE_TOKEN_EXPIRED, "token expired");
     }
 
     fn on_close(&mut self, s: &mut Session, _: CloseReason, ctx: &mut Context<'_>) {

@@ -4,7 +4,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::broker::history::HistoryConfig;
-use crate::protocol::decode::DEFAULT_MAX_MESSAGE;
 use crate::protocol::{HandshakeConfig, HttpLimits};
 
 /// Limits and timeouts of a server.
@@ -18,7 +17,8 @@ pub struct Config {
     /// connections get HTTP 503. Default 100,000.
     pub max_connections: usize,
     /// Largest message (and frame) a client may send; larger → close 1009.
-    /// Default 16 MiB.
+    /// Default 1 MiB (a push server's clients send control messages and
+    /// publications; see also `max_pending_bytes`).
     pub max_message_size: usize,
     /// Unsent bytes a connection may have queued behind the message being
     /// written; more makes it a slow consumer, which is closed. Default 1 MiB.
@@ -56,6 +56,13 @@ pub struct Config {
     pub read_buffer: usize,
     /// Per-channel history kept by the broker (for resume).
     pub history: HistoryConfig,
+    /// Bytes all connections together may hold in partially received
+    /// messages and request bodies; a reception that would pass it is
+    /// refused (close 1009, or HTTP 503). Default 256 MiB.
+    pub max_pending_bytes: usize,
+    /// Plain HTTP connections (API calls, health checks) still served when
+    /// `max_connections` is reached. Default 64.
+    pub http_reserve: usize,
 }
 
 impl Default for Config {
@@ -64,7 +71,7 @@ impl Default for Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9001)),
             workers: 0,
             max_connections: 100_000,
-            max_message_size: DEFAULT_MAX_MESSAGE as usize,
+            max_message_size: 1 << 20,
             max_buffered: 1 << 20,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
@@ -78,6 +85,8 @@ impl Default for Config {
             backlog: 4096,
             read_buffer: 256 << 10,
             history: HistoryConfig::default(),
+            max_pending_bytes: 256 << 20,
+            http_reserve: 64,
         }
     }
 }

@@ -32,6 +32,12 @@ pub(crate) struct HttpState {
     pub deadline: u32,
     /// The peer's address, as `accept` gave it (no `getpeername` per request).
     pub peer: std::net::SocketAddr,
+    /// The handler has seen the head of the current request while its body
+    /// is still arriving ([`Handler::on_request_head`](super::Handler::on_request_head)).
+    pub head_checked: bool,
+    /// Accepted over `max_connections` from the small HTTP reserve: plain
+    /// requests are served, an upgrade gets 503. Released when dropped.
+    pub reserve: Option<super::hub::ReserveSlot>,
 }
 
 /// Flag: queued output waits for the end-of-turn flush.

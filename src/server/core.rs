@@ -6,6 +6,7 @@
 use std::mem;
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,8 @@ pub(crate) struct Core {
     /// Connections to read from at the start of the next turn: cut short
     /// for fairness, or no longer paused by backpressure.
     pub(crate) pending_reads: Vec<u32>,
+    /// When the receive budget was last reported exhausted (once a second).
+    pub(crate) last_budget_warning: Option<Instant>,
 }
 
 /// Who caused bytes to be queued on a connection: the one thing the
@@ -153,6 +156,7 @@ impl Core {
             ms: 0,
             draining: false,
             pending_reads: Vec::new(),
+            last_budget_warning: None,
         }
     }
 
@@ -362,6 +366,84 @@ impl Core {
         let sub = c.subs.swap_remove(i);
         self.drop_sub(sub);
         true
+    }
+
+    /// Bytes a connection holds in partially received data: its request
+    /// buffer and its decoder's assembly buffers.
+    pub(crate) fn held(&self, key: usize) -> usize {
+        self.conns.get(key).map_or(0, |c| {
+            c.http.as_ref().map_or(0, |h| h.buf.capacity()) + c.decoder.buffered_capacity()
+        })
+    }
+
+    /// Account the change in what a connection holds since `before` (see
+    /// [`Core::held`]) against the process-wide `max_pending_bytes`; a
+    /// connection whose growth passes it is refused (HTTP 503, or close
+    /// 1009) and its partial data freed, so the budget holds.
+    pub(crate) fn settle_pending(&mut self, key: usize, before: usize) {
+        let after = self.held(key);
+        let hub = self.handle.hub().clone();
+        if after <= before {
+            hub.pending.fetch_sub(before - after, Ordering::Relaxed);
+            return;
+        }
+        let total = hub.pending.fetch_add(after - before, Ordering::Relaxed) + (after - before);
+        if total <= self.cfg.max_pending_bytes {
+            return;
+        }
+        self.stats.pending_refusals_total += 1;
+        let now = self.now;
+        if self
+            .last_budget_warning
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_budget_warning = Some(now);
+            log::warn!(
+                "conn {}: refused: {total} bytes held in partial receptions, over --max-pending-bytes ({}); {} refusals on this worker",
+                self.id_of(key),
+                self.cfg.max_pending_bytes,
+                self.stats.pending_refusals_total
+            );
+        }
+        match self.conns.get(key).map(|c| c.phase) {
+            Some(Phase::Http) => {
+                let resp = Response::text(503, "server busy: receive budget exhausted\n")
+                    .header("Retry-After", "1");
+                self.respond(key, &resp, true);
+            }
+            Some(Phase::Open | Phase::Closing) => {
+                self.fail(key, ProtocolError::MessageTooLarge);
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.decoder = Default::default();
+                }
+            }
+            _ => {}
+        }
+        if let Some(c) = self.conns.get_mut(key) {
+            c.http = None;
+        }
+        let freed = after - self.held(key);
+        hub.pending.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// Arm an application timer for an open connection.
+    pub(crate) fn set_timer(&mut self, key: usize, after: Duration) {
+        let at = self.after(after);
+        if let Some(c) = self.conns.get(key) {
+            if c.phase == Phase::Open {
+                self.timers.add(TimerKind::App, at, key, c.generation);
+            }
+        }
+    }
+
+    /// Names of the topics a connection is subscribed to.
+    pub(crate) fn topics_of(&self, key: usize) -> Vec<Arc<str>> {
+        self.conns.get(key).map_or_else(Vec::new, |c| {
+            c.subs
+                .iter()
+                .filter_map(|s| self.topics.name(s.topic))
+                .collect()
+        })
     }
 
     pub(crate) fn subscription_count(&self, key: usize) -> usize {

@@ -7,6 +7,8 @@ use super::conn::{HttpState, Phase, CLOSE_DONE, UPGRADED};
 use super::core::{Cause, Core};
 use super::handler::{CloseReason, ConnInfo, Context, Handler};
 use super::hub::ConnId;
+use super::response::Response;
+use super::timers::Entry;
 use crate::protocol::{encode, handshake, HttpError, Message, OpCode};
 
 /// The application side: the handler and each connection's state.
@@ -41,6 +43,24 @@ impl<H: Handler> App<H> {
             let (req, consumed) = match hs.parser.parse(&cfg.http, &hs.buf[off..]) {
                 Ok(Some(done)) => done,
                 Ok(None) => {
+                    if !hs.head_checked {
+                        if let Some(req) = hs.parser.awaiting_body(&cfg.http, &hs.buf[off..]) {
+                            hs.head_checked = true;
+                            let info = ConnInfo {
+                                id: core.id_of(key),
+                                peer: Some(hs.peer),
+                                protocol: None,
+                            };
+                            if let Some(resp) = self.handler.on_request_head(&req, &info) {
+                                log::debug!(
+                                    "conn {}: request refused on its head: {}",
+                                    info.id,
+                                    resp.status
+                                );
+                                return core.respond(key, &resp, true);
+                            }
+                        }
+                    }
                     hs.buf.drain(..off);
                     if let Some(c) = core.conns.get_mut(key) {
                         c.http = Some(hs);
@@ -69,6 +89,7 @@ impl<H: Handler> App<H> {
                 }
                 off += consumed;
                 hs.parser.reset();
+                hs.head_checked = false;
                 // The deadline moves; the timer entry re-arms itself when it fires.
                 hs.deadline = core.after(cfg.handshake_timeout);
                 if core.paused(key) {
@@ -82,6 +103,12 @@ impl<H: Handler> App<H> {
                     return;
                 }
                 continue;
+            }
+            if hs.reserve.is_some() {
+                // Accepted over the limit for plain HTTP only.
+                log::debug!("conn {id}: upgrade refused: at --max-connections");
+                let resp = Response::text(503, "server at connection limit\n");
+                return core.respond(key, &resp, true);
             }
             let acc = match handshake::validate(&req, &cfg.handshake) {
                 Ok(acc) => acc,
@@ -129,6 +156,22 @@ impl<H: Handler> App<H> {
                 self.process_ws(core, key, &mut rest[off + consumed..]);
             }
             return;
+        }
+    }
+
+    /// An application timer came due: call the handler if its connection
+    /// is still the one that set it and still open.
+    pub(crate) fn timer(&mut self, core: &mut Core, e: Entry) {
+        let key = e.key as usize;
+        match core.conns.get(key) {
+            Some(c) if c.generation == e.generation && c.phase == Phase::Open => {}
+            _ => return,
+        }
+        let id = core.id_of(key);
+        if let Some(mut st) = self.state_slot(key).take() {
+            self.handler
+                .on_timer(&mut st, &mut Context { core, key, id });
+            *self.state_slot(key) = Some(st);
         }
     }
 

@@ -69,6 +69,15 @@ pub trait Handler: Send + 'static {
         Response::not_found()
     }
 
+    /// The head of a plain HTTP request has arrived and its body is still
+    /// coming: return a response to refuse it without reading the body
+    /// (e.g. 401 for a missing key), `None` to wait for the body. Default:
+    /// `None`.
+    fn on_request_head(&mut self, req: &Request<'_>, info: &ConnInfo<'_>) -> Option<Response> {
+        let _ = (req, info);
+        None
+    }
+
     /// The response for a request refused before the handler saw it
     /// (malformed, too large, failed RFC 6455 checks). Default: the status
     /// with a one-line plain-text reason.
@@ -86,6 +95,12 @@ pub trait Handler: Send + 'static {
     /// A complete text or binary message.
     fn on_message(&mut self, conn: &mut Self::Conn, msg: Message<'_>, ctx: &mut Context<'_>) {
         let _ = (conn, msg, ctx);
+    }
+
+    /// A deadline set with [`Context::set_timer`] came due (one call per
+    /// `set_timer`; check what is due yourself, e.g. after a deadline moved).
+    fn on_timer(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
+        let _ = (conn, ctx);
     }
 
     /// The connection has ended; it can no longer be sent to.
@@ -208,6 +223,17 @@ impl Context<'_> {
     /// Unsubscribe this connection from `topic`. False if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
         self.core.unsubscribe(self.key, topic)
+    }
+
+    /// Call [`Handler::on_timer`] for this connection after `after`
+    /// (durations past 24 days fire at 24 days: check and set again).
+    pub fn set_timer(&mut self, after: std::time::Duration) {
+        self.core.set_timer(self.key, after);
+    }
+
+    /// The topics this connection is subscribed to.
+    pub fn topics(&self) -> Vec<std::sync::Arc<str>> {
+        self.core.topics_of(self.key)
     }
 
     /// Number of topics this connection is subscribed to.

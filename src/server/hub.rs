@@ -162,6 +162,12 @@ pub(crate) struct Hub {
     broadcast_order: Mutex<()>,
     /// Connections counted against `max_connections`, all workers.
     pub open: AtomicUsize,
+    /// The limit `open` is held to.
+    pub max_connections: usize,
+    /// HTTP connections accepted over the limit from the reserve.
+    pub reserve: AtomicUsize,
+    /// Bytes held in partially received messages and request bodies.
+    pub pending: AtomicUsize,
     pub stopping: AtomicBool,
     pub stats: Vec<Arc<WorkerStats>>,
     pub started: Instant,
@@ -169,7 +175,7 @@ pub(crate) struct Hub {
 
 impl Hub {
     /// A hub for `n` workers, and each worker's part of it.
-    pub fn new(n: usize) -> std::io::Result<(Arc<Hub>, Vec<WorkerPart>)> {
+    pub fn new(n: usize, max_connections: usize) -> std::io::Result<(Arc<Hub>, Vec<WorkerPart>)> {
         let mut links = Vec::with_capacity(n);
         let mut parts = Vec::with_capacity(n);
         let mut stats = Vec::with_capacity(n);
@@ -190,6 +196,9 @@ impl Hub {
             links,
             broadcast_order: Mutex::new(()),
             open: AtomicUsize::new(0),
+            max_connections,
+            reserve: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             stats,
             started: Instant::now(),
@@ -260,6 +269,22 @@ impl Hub {
             }
         }
         self.wake_all(&wakes[..self.links.len()]);
+    }
+}
+
+/// A place in the HTTP reserve (connections served over `max_connections`),
+/// given back when dropped.
+pub(crate) struct ReserveSlot(pub Arc<Hub>);
+
+impl Drop for ReserveSlot {
+    fn drop(&mut self) {
+        self.0.reserve.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for ReserveSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReserveSlot")
     }
 }
 
@@ -362,6 +387,22 @@ impl Handle {
     /// Whether [`Handle::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         self.hub.stopping.load(Ordering::SeqCst)
+    }
+
+    /// `(WebSocket connections held, --max-connections)`: at the limit new
+    /// WebSockets get 503 (plain HTTP requests are still served from a
+    /// small reserve).
+    pub fn capacity(&self) -> (usize, usize) {
+        (
+            self.hub.open.load(Ordering::Relaxed),
+            self.hub.max_connections,
+        )
+    }
+
+    /// Bytes held in partially received messages and request bodies, all
+    /// workers (bounded by `max_pending_bytes`).
+    pub fn pending_bytes(&self) -> usize {
+        self.hub.pending.load(Ordering::Relaxed)
     }
 
     /// Number of workers.
@@ -485,6 +526,8 @@ counters! {
     refused_other_total,
     /// accept() failures for lack of file descriptors or memory.
     accept_errors_total,
+    /// Receptions refused because `max_pending_bytes` was reached.
+    pending_refusals_total,
 }
 
 impl LocalStats {

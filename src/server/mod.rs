@@ -121,7 +121,7 @@ impl<H: Handler> Server<H> {
         let config = Arc::new(config);
         let listeners = listener::bind_all(&config)?;
         let local_addr = listeners.local_addr;
-        let (hub, parts) = hub::Hub::new(config.workers)?;
+        let (hub, parts) = hub::Hub::new(config.workers, config.max_connections)?;
         let broker = Arc::new(crate::broker::LocalBroker::new(hub.clone(), config.history));
         let handle = Handle::new(hub, broker);
         let distribute =

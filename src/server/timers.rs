@@ -23,6 +23,8 @@ pub(crate) enum TimerKind {
     Closing,
     /// Check an open connection's silence: ping it, or close it as idle.
     Heartbeat,
+    /// A deadline the application asked for ([`Context::set_timer`](super::Context::set_timer)).
+    App,
 }
 
 /// A deadline as stored in the queues.
@@ -73,6 +75,7 @@ pub(crate) struct Timers {
     handshake: VecDeque<Slot>,
     closing: VecDeque<Slot>,
     heartbeat: BinaryHeap<Earliest>,
+    app: BinaryHeap<Earliest>,
 }
 
 impl Timers {
@@ -87,6 +90,7 @@ impl Timers {
             TimerKind::Handshake => self.handshake.push_back(s),
             TimerKind::Closing => self.closing.push_back(s),
             TimerKind::Heartbeat => self.heartbeat.push(Earliest(s)),
+            TimerKind::App => self.app.push(Earliest(s)),
         }
     }
 
@@ -96,6 +100,7 @@ impl Timers {
             self.handshake.front(),
             self.closing.front(),
             self.heartbeat.peek().map(|e| &e.0),
+            self.app.peek().map(|e| &e.0),
         ]
         .into_iter()
         .flatten()
@@ -119,17 +124,18 @@ impl Timers {
                 }
             }
         }
-        while self
-            .heartbeat
-            .peek()
-            .is_some_and(|e| not_after(e.0.at, now))
-        {
-            if let Some(Earliest(s)) = self.heartbeat.pop() {
-                out.push(Entry {
-                    key: s.key,
-                    generation: s.generation,
-                    kind: TimerKind::Heartbeat,
-                });
+        for (h, kind) in [
+            (&mut self.heartbeat, TimerKind::Heartbeat),
+            (&mut self.app, TimerKind::App),
+        ] {
+            while h.peek().is_some_and(|e| not_after(e.0.at, now)) {
+                if let Some(Earliest(s)) = h.pop() {
+                    out.push(Entry {
+                        key: s.key,
+                        generation: s.generation,
+                        kind,
+                    });
+                }
             }
         }
     }
@@ -144,6 +150,9 @@ impl Timers {
         }
         if self.heartbeat.is_empty() && self.heartbeat.capacity() > 1024 {
             self.heartbeat = BinaryHeap::new();
+        }
+        if self.app.is_empty() && self.app.capacity() > 1024 {
+            self.app = BinaryHeap::new();
         }
     }
 }

@@ -221,7 +221,11 @@ impl<H: Handler> Loop<H> {
 
             self.core.timers.expire(self.core.ms, &mut expired);
             for e in expired.drain(..) {
-                self.core.expire(e);
+                if e.kind == TimerKind::App {
+                    self.app.timer(&mut self.core, e);
+                } else {
+                    self.core.expire(e);
+                }
             }
 
             // Flush, reap, and take the commands this worker posted to itself
@@ -327,6 +331,17 @@ impl<H: Handler> Loop<H> {
         if over {
             hub.open.fetch_sub(1, Ordering::Relaxed);
         }
+        // Over the limit, a few plain HTTP connections (the backend's API
+        // calls, health checks) are still served from the reserve.
+        let reserve = over && hub.reserve.fetch_add(1, Ordering::Relaxed) < core.cfg.http_reserve;
+        let slot = match (over, reserve) {
+            (true, true) => Some(hub::ReserveSlot(hub.clone())),
+            (true, false) => {
+                hub.reserve.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+            _ => None,
+        };
         let deadline = core.after(core.cfg.handshake_timeout);
         let entry = core.conns.vacant_entry();
         let key = entry.key();
@@ -342,20 +357,24 @@ impl<H: Handler> Loop<H> {
         }
         core.next_generation = core.next_generation.wrapping_add(1);
         let mut conn = Conn::new(stream, core.next_generation);
-        if !over {
-            conn.flags |= COUNTED;
+        if !over || reserve {
+            if !over {
+                conn.flags |= COUNTED;
+            }
             conn.http = Some(Box::new(HttpState {
                 parser: Default::default(),
                 buf: Vec::new(),
                 deadline,
                 peer,
+                head_checked: false,
+                reserve: slot,
             }));
         }
         let generation = conn.generation;
         entry.insert(conn);
-        if over {
+        if over && !reserve {
             log::debug!(
-                "refusing connection: at --max-connections ({})",
+                "refusing connection: at --max-connections ({}) and the HTTP reserve is full",
                 core.cfg.max_connections
             );
             let resp = Response::text(503, "server at connection limit\n");
@@ -374,9 +393,11 @@ impl<H: Handler> Loop<H> {
             c.phase == Phase::Http && c.http.as_ref().is_some_and(|h| !h.buf.is_empty())
         });
         if leftover && !self.core.paused(key) {
+            let before = self.core.held(key);
             if let Some(hs) = self.core.conns.get_mut(key).and_then(|c| c.http.take()) {
                 self.app.serve_http(&mut self.core, key, hs);
             }
+            self.core.settle_pending(key, before);
         }
         self.on_readable(key);
     }
@@ -393,6 +414,7 @@ impl<H: Handler> Loop<H> {
         match phase {
             Phase::Dead => {}
             Phase::Http => self.read_loop(key, None, |core, app, key, bytes| {
+                let before = core.held(key);
                 let Some(hs) = core.conns.get_mut(key).and_then(|c| c.http.take()) else {
                     core.kill(key, None);
                     return After::Stop;
@@ -400,6 +422,7 @@ impl<H: Handler> Loop<H> {
                 let mut hs = hs;
                 hs.buf.extend_from_slice(bytes);
                 app.serve_http(core, key, hs);
+                core.settle_pending(key, before);
                 match core.conns.get(key).map(|c| c.phase) {
                     Some(Phase::Http) => After::More,
                     // Upgraded (or done) with maybe more bytes in the socket:
@@ -413,7 +436,9 @@ impl<H: Handler> Loop<H> {
                     if let Some(c) = core.conns.get_mut(key) {
                         c.last_rx = core.ms;
                     }
+                    let before = core.held(key);
                     app.process_ws(core, key, bytes);
+                    core.settle_pending(key, before);
                     match core.conns.get(key).map(|c| c.phase) {
                         Some(Phase::Open | Phase::Closing) => After::More,
                         _ => After::Requeue,
@@ -546,6 +571,12 @@ impl<H: Handler> Loop<H> {
                         .on_close(&mut st, reason, &mut Context { core, key, id });
                 }
             }
+            let held = self.core.held(key);
+            self.core
+                .handle
+                .hub()
+                .pending
+                .fetch_sub(held, Ordering::Relaxed);
             let mut c = self.core.conns.remove(key);
             for sub in mem::take(&mut c.subs) {
                 self.core.drop_sub(sub);
