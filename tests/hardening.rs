@@ -47,7 +47,7 @@ fn publish_json(addr: SocketAddr, channel: &str, data: &str) -> (u16, String) {
 
 fn next_json(ws: &mut tungstenite::WebSocket<TcpStream>) -> Value {
     loop {
-        match ws.read().expect("read") {
+        match read_msg(ws).expect("read") {
             TMsg::Text(t) => return serde_json::from_str(&t).expect("JSON"),
             TMsg::Ping(_) | TMsg::Pong(_) => {}
             other => panic!("unexpected {other:?}"),
@@ -386,7 +386,10 @@ fn sighup_and_sigusr_do_not_kill_and_sigquit_drains_with_1001() {
             "signal {sig} ended the daemon"
         );
         c.send(TMsg::Text(format!("after {sig}"))).unwrap();
-        assert_eq!(c.read().unwrap(), TMsg::Text(format!("after {sig}")));
+        assert_eq!(
+            read_msg(&mut c).unwrap(),
+            TMsg::Text(format!("after {sig}"))
+        );
         let resp = raw_exchange(
             d.addr,
             b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -395,17 +398,62 @@ fn sighup_and_sigusr_do_not_kill_and_sigquit_drains_with_1001() {
     }
     d.signal(libc::SIGQUIT);
     let code = loop {
-        match c.read() {
+        match read_msg(&mut c) {
             Ok(TMsg::Close(f)) => break f.map(|f| u16::from(f.code)),
             Ok(_) => {}
             Err(e) => panic!("no close frame after SIGQUIT: {e}"),
         }
     };
     assert_eq!(code, Some(1001));
-    while c.read().is_ok() {}
+    while read_msg(&mut c).is_ok() {}
     let st = d.wait_exit(IO_TIMEOUT).expect("exits after the drain");
     assert!(st.success(), "{st:?}");
     assert!(d.wait_logged("SIGQUIT: shutting down"), "{}", d.log_text());
+}
+
+// Item 10: a daemon started with the drain signals ignored (as `cmd &` in
+// a script leaves SIGINT and SIGQUIT) still drains on them: they are
+// blocked and taken by sigwait, and the kernel does not discard a blocked
+// signal even when its disposition is "ignore".
+#[test]
+fn inherited_ignored_signals_still_drain() {
+    use std::os::unix::process::CommandExt;
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wspush"));
+        cmd.args(["--listen", "127.0.0.1:0", "--workers", "1"])
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::signal(sig, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let started = std::iter::from_fn(|| rx.recv_timeout(IO_TIMEOUT).ok())
+            .any(|l| l.contains("listening on"));
+        assert!(started);
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let exited = wait_until(IO_TIMEOUT, || matches!(child.try_wait(), Ok(Some(_))));
+        if !exited {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        assert!(exited && status.success(), "signal {sig}: {status:?}");
+    }
 }
 
 // Item 12.

@@ -182,6 +182,20 @@ pub fn ws_at(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
     ws
 }
 
+/// The next message from a tungstenite client. A read interrupted by a
+/// signal is retried: a socket with a receive timeout (all of ours) fails
+/// with EINTR on any caught signal, even one installed with SA_RESTART, and
+/// when the process is stopped and continued (man 7 signal).
+#[allow(clippy::result_large_err)] // tungstenite's own error type, as `read` returns it
+pub fn read_msg(ws: &mut WebSocket<TcpStream>) -> Result<tungstenite::Message, tungstenite::Error> {
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
 /// Send raw bytes, read the answer: everything until the server closes,
 /// or just the head of a `101` (the connection then stays open).
 pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
