@@ -7,6 +7,8 @@
 #   loadtest/compare.sh --only 'echo|chat'    # cases whose name matches
 #   loadtest/compare.sh --reps 1 --duration 3 --servers "wspush fastwebsockets"
 #   loadtest/compare.sh --nice -10            # ahead of other work on a shared machine
+#   WSPUSH_BASE=/path/to/older/wspush loadtest/compare.sh --servers "wspush wspush-base"
+#                                             # before/after: another build of wspush as a peer
 #
 # Servers run pinned to CPU 0 (taskset -c 0), wsload to CPU 1. Each run starts
 # a fresh server on a fresh port. Raw JSON per run and the summary go to
@@ -46,13 +48,17 @@ fi
 OUT=$ROOT/target/loadtest-compare/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT/bin"
 # Snapshot the binaries: a rebuild during the sitting must not change them.
-cp "$ROOT/target/release/wsload" "$ROOT/target/release/wspush" \
-  "$FWS/target/release/peer-fastwebsockets" "$TT/target/release/peer-tokio-tungstenite" "$OUT/bin/"
+cp "$ROOT/target/release/wsload" "$ROOT/target/release/wspush" "$OUT/bin/"
+for peer in "$FWS/target/release/peer-fastwebsockets" "$TT/target/release/peer-tokio-tungstenite"; do
+  if [ -x "$peer" ]; then cp "$peer" "$OUT/bin/"; fi
+done
 WSLOAD=$OUT/bin/wsload
+if [ -n "${WSPUSH_BASE:-}" ]; then cp "$WSPUSH_BASE" "$OUT/bin/wspush-base"; fi
 
 server_cmd() { # name port
   case "$1" in
     wspush) echo "$OUT/bin/wspush --listen 127.0.0.1:$2 --workers 1" ;;
+    wspush-base) echo "$OUT/bin/wspush-base --listen 127.0.0.1:$2 --workers 1" ;;
     fastwebsockets) echo "$OUT/bin/peer-fastwebsockets --listen 127.0.0.1:$2" ;;
     tokio-tungstenite) echo "$OUT/bin/peer-tokio-tungstenite --listen 127.0.0.1:$2" ;;
     *) echo "unknown server $1" >&2; exit 2 ;;

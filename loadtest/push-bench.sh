@@ -7,7 +7,9 @@
 #                          [--cases "rate10 window"] [--nice N]
 #
 # Rows: w1pin = `wspush --workers 1` under `taskset -c 0`, wsload under
-# `taskset -c 1`; w2 = `wspush --workers 2` and wsload, both unpinned.
+# `taskset -c 1`; w1nohist = the same with `--history-size 0` (history off,
+# to measure what history costs); w2 = `wspush --workers 2` and wsload,
+# both unpinned.
 # Cases: rate10 = `--rate 10`; window = as fast as `--window W` allows.
 # A fresh server (on a fresh port) per run; rows and cases interleaved per
 # repetition; medians printed at the end. Raw JSON per run goes to
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
         --rows) ROWS=$2; shift 2 ;;
         --cases) CASES=$2; shift 2 ;;
         --nice) NICE="nice -n $2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -48,15 +50,17 @@ for rep in $(seq 1 "$REPS"); do
     for row in $ROWS; do
         for case in $CASES; do
             port=$((port + 1))
+            extra=()
             case $row in
                 w1pin) spin="$NICE taskset -c 0"; lpin="$NICE taskset -c 1"; workers=1 ;;
+                w1nohist) spin="$NICE taskset -c 0"; lpin="$NICE taskset -c 1"; workers=1; extra=(--history-size 0) ;;
                 w2) spin="$NICE"; lpin="$NICE"; workers=2 ;;
             esac
             case $case in
                 rate10) load=(--rate 10) ;;
                 window) load=(--window "$WINDOW") ;;
             esac
-            $spin "$SERVER" --listen "127.0.0.1:$port" --workers "$workers" >"$OUT/server-$row-$case-$rep.log" 2>&1 &
+            $spin "$SERVER" --listen "127.0.0.1:$port" --workers "$workers" "${extra[@]}" >"$OUT/server-$row-$case-$rep.log" 2>&1 &
             spid=$!
             for _ in $(seq 100); do
                 (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

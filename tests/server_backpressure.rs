@@ -74,15 +74,6 @@ fn large_pipelined_echoes_are_all_delivered() {
     writer.join().unwrap();
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_sender_that_never_reads_is_stopped_by_tcp_not_by_memory() {
     // The client sends 20 MB of echo requests and reads nothing: the server

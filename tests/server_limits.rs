@@ -14,15 +14,6 @@ use common::push::*;
 use common::*;
 use wspush::protocol::{encode, OpCode};
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// Wait (bounded) until `cond` holds.
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();
@@ -77,6 +68,7 @@ fn unfinished_frames_cannot_take_more_than_the_receive_budget() {
         settled
     });
     let grown = rss_kib(d.child.id()).saturating_sub(base);
+    eprintln!("receive budget 32 MiB: RSS +{grown} KiB");
     assert!(
         grown < 32 * 1024 + 24 * 1024,
         "RSS grew by {grown} KiB with a 32 MiB receive budget"
@@ -162,4 +154,86 @@ fn at_the_connection_limit_the_api_and_health_check_still_answer() {
     wait_for("room again", || {
         http(d.addr, "GET", "/healthz", "", b"").0 == 200
     });
+}
+
+/// Publish `n` client messages, each to a new channel `chat.<i>`, over one
+/// connection (written from another thread while the answers are read).
+fn publish_to_distinct_channels(d: &Daemon, n: usize) {
+    let mut c = RawWs::connect(d.addr, "/ws");
+    assert!(c.next().is_some(), "welcome");
+    let mut all = Vec::with_capacity(n * 80);
+    for i in 0..n {
+        let m = format!(r#"{{"op":"publish","channel":"chat.{i}","data":{i}}}"#);
+        encode::masked_frame_into(&mut all, true, OpCode::Text, m.as_bytes(), [1, 2, 3, 4]);
+    }
+    let mut w = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&all).unwrap());
+    for i in 0..n {
+        let (op, p) = c.next().unwrap_or_else(|| panic!("EOF after {i} answers"));
+        assert_eq!(op, OpCode::Text);
+        assert!(
+            p.starts_with(br#"{"op":"published""#),
+            "{}",
+            String::from_utf8_lossy(&p)
+        );
+    }
+    writer.join().unwrap();
+}
+
+#[test]
+fn channels_nobody_listens_to_cost_nothing_after_their_publication() {
+    // History off: 200,000 publications to distinct empty channels leave no
+    // channel state behind.
+    let d = Daemon::start(&[
+        "--workers",
+        "2",
+        "--client-publish",
+        "chat.*",
+        "--history-size",
+        "0",
+    ]);
+    publish_to_distinct_channels(&d, 10_000); // warm up allocator and buffers
+    let base = rss_kib(d.child.id());
+    publish_to_distinct_channels(&d, 200_000);
+    let grown = rss_kib(d.child.id()).saturating_sub(base);
+    let (_, stats) = get_json(d.addr, "/stats");
+    eprintln!("history off: RSS +{grown} KiB after 200,000 channels");
+    assert_eq!(stats["history"]["channels_held"], 0, "{stats}");
+    assert!(
+        grown < 8 * 1024,
+        "RSS grew by {grown} KiB for channels nobody listens to"
+    );
+}
+
+#[test]
+fn channels_kept_for_their_history_stay_within_the_history_cap() {
+    // History on with an 8 MiB cap: the same flood keeps at most 8 MiB of
+    // charged history (RSS within the cap plus a stated margin of 16 MiB for
+    // the maps and the allocator).
+    let d = Daemon::start(&[
+        "--workers",
+        "2",
+        "--client-publish",
+        "chat.*",
+        "--history-max-bytes",
+        "8388608",
+    ]);
+    publish_to_distinct_channels(&d, 10_000);
+    let base = rss_kib(d.child.id());
+    publish_to_distinct_channels(&d, 200_000);
+    let grown = rss_kib(d.child.id()).saturating_sub(base);
+    let (_, stats) = get_json(d.addr, "/stats");
+    let bytes = stats["history"]["bytes"].as_u64().unwrap();
+    assert!(bytes <= 8 << 20, "history bytes {bytes}");
+    assert!(
+        stats["history"]["evicted"].as_u64().unwrap() > 100_000,
+        "{stats}"
+    );
+    let held = stats["history"]["channels_held"].as_u64().unwrap();
+    eprintln!("history cap 8 MiB: RSS +{grown} KiB, {bytes} B charged, {held} channels held");
+    assert!(held < 40_000, "{held} channels held for 8 MiB of history");
+    assert!(
+        grown < (8 + 16) * 1024,
+        "RSS grew by {grown} KiB with an 8 MiB history cap"
+    );
 }

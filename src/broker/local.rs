@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::history::{AgeList, HistoryConfig, Ring};
+use super::history::{AgeList, HistoryConfig, Ring, CHANNEL_OVERHEAD};
 use super::{
     Broker, Encoded, Epoch, HistoryPage, Joined, Position, Publication, PublishOptions, Published,
     Totals,
@@ -111,6 +111,25 @@ impl LocalBroker {
         self.bytes.fetch_sub(p.cost(), Ordering::Relaxed);
     }
 
+    /// Charge or release a channel's own overhead as its ring stops or starts
+    /// being empty (`emptied`: it just became empty; `starting`: it is empty
+    /// and about to take its first entry).
+    fn settle_ring(&self, emptied: bool, starting: bool) {
+        if emptied {
+            self.bytes.fetch_sub(CHANNEL_OVERHEAD, Ordering::Relaxed);
+        }
+        if starting {
+            self.bytes.fetch_add(CHANNEL_OVERHEAD, Ordering::Relaxed);
+        }
+    }
+
+    /// Drop a ring's entries published before `cutoff`.
+    fn expire(&self, ring: &mut Ring, cutoff: u64) {
+        let was_empty = ring.is_empty();
+        ring.expire(cutoff, |p| self.forget(p));
+        self.settle_ring(!was_empty && ring.is_empty(), false);
+    }
+
     /// The state of `channel`, created (with a new epoch) if absent.
     fn entry<'a>(&self, shard: &'a mut Shard, channel: &str) -> &'a mut Channel {
         if !shard.contains_key(channel) {
@@ -149,6 +168,7 @@ impl LocalBroker {
             if let Some(ch) = shard.get_mut(&*p.channel) {
                 if ch.ring.pop_if(&p) {
                     self.forget(&p);
+                    self.settle_ring(ch.ring.is_empty(), false);
                     if !aged {
                         self.evicted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -197,12 +217,12 @@ impl Broker for LocalBroker {
                     }
                 }
                 if keep {
+                    self.settle_ring(false, ch.ring.is_empty());
                     self.live.fetch_add(1, Ordering::Relaxed);
                     self.bytes.fetch_add(p.cost(), Ordering::Relaxed);
                     kept = Some(Arc::downgrade(&p));
-                    if let Some(old) = ch.ring.push(now, p, self.history.size) {
-                        self.forget(&old);
-                    }
+                    ch.ring
+                        .push(now, p, self.history.size, |old| self.forget(old));
                 }
             }
             if ch.forgettable() {
@@ -242,7 +262,7 @@ impl Broker for LocalBroker {
                 replay: Vec::new(),
             };
         };
-        ch.ring.expire(cutoff, |p| self.forget(p));
+        self.expire(&mut ch.ring, cutoff);
         let recovered = since.epoch == ch.epoch && ch.ring.covers(since.seq, ch.seq);
         Joined {
             position,
@@ -288,7 +308,7 @@ impl Broker for LocalBroker {
                 publications: Vec::new(),
             };
         };
-        ch.ring.expire(cutoff, |p| self.forget(p));
+        self.expire(&mut ch.ring, cutoff);
         let from = since.map_or(0, |s| s.seq);
         let known = since.is_none_or(|s| s.epoch == ch.epoch || s.epoch == Epoch(0));
         let complete = known && (since.is_none() || ch.ring.covers(from, ch.seq));

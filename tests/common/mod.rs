@@ -16,6 +16,16 @@ use wspush::protocol::{encode, Decoder, DecoderConfig, Message, OpCode, Role};
 /// Generous bound on any single blocking read in the tests (never a timing assertion).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Resident memory of a process in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 /// Raise the soft open-files limit to the hard limit (tests open thousands of sockets).
 pub fn raise_fd_limit() {
     wspush::daemon::raise_open_files_limit();
