@@ -286,15 +286,13 @@ fn targeted_push_to_a_connection_and_to_a_user_on_two_workers() {
     assert_eq!(code, Some(1000));
     while bob.read().is_ok() {}
     drop(bob);
-    // Gone: 404 for it now (the server forgets it as soon as it is reaped).
+    // Gone: 404 for it now (the server forgets it as soon as it is reaped,
+    // in the turn that sees the close: wait for it).
     let mut st = 0;
-    for _ in 0..100 {
+    wait_until(IO_TIMEOUT, || {
         st = http(d.addr, "POST", &format!("/send/{bob_id}"), "", b"x").0;
-        if st == 404 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+        st == 404
+    });
     assert_eq!(st, 404);
 }
 
@@ -478,13 +476,10 @@ fn idle_peers_are_reaped_and_live_ones_kept() {
     // Counters are published at the end of each worker's loop turn: allow
     // the turn that closed the socket to finish.
     let mut stats = Value::Null;
-    for _ in 0..100 {
+    wait_until(IO_TIMEOUT, || {
         stats = json(&http(d.addr, "GET", "/stats", "", b"").1);
-        if stats["disconnects"]["idle_timeout"].as_u64().unwrap() >= 1 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+        stats["disconnects"]["idle_timeout"].as_u64().unwrap() >= 1
+    });
     assert!(
         stats["disconnects"]["idle_timeout"].as_u64().unwrap() >= 1,
         "{stats}"
@@ -575,7 +570,13 @@ fn metrics_parse_as_prometheus_text_and_stats_as_json() {
     assert!(text.contains("wspush_connections{worker=\"0\"}"));
     assert!(text.contains("wspush_messages_sent_total "));
     assert!(text.contains("wspush_channels 1"), "{text}");
-    let stats = json(&http(d.addr, "GET", "/stats", "", b"").1);
+    // Connection counters are published at the end of the worker's loop
+    // turn, which may end after the client has read its welcome: wait.
+    let mut stats = Value::Null;
+    wait_until(IO_TIMEOUT, || {
+        stats = json(&http(d.addr, "GET", "/stats", "", b"").1);
+        stats["connections"]["websockets"].as_u64().unwrap() >= 1
+    });
     assert_eq!(stats["workers"].as_array().unwrap().len(), 2);
     assert_eq!(stats["channels"], 1);
     assert!(stats["publications"].as_u64().unwrap() >= 1);

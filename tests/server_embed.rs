@@ -1,11 +1,14 @@
 //! The embedding API: a custom Handler in-process, Handle calls from another
 //! thread, one worker run on a thread the test owns.
 
+mod common;
+
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use common::{wait_until, IO_TIMEOUT};
 use tungstenite::Message as TMsg;
 use wspush::protocol::{Message, Request};
 use wspush::server::{CloseReason, ConnId, ConnInfo, Context, Frame, Handler, Response, Server};
@@ -133,9 +136,19 @@ fn handle_broadcast_send_close_from_another_thread() {
     handle.send(ConnId::from_u64(b_id), Frame::text("after"));
     assert_eq!(b.read().unwrap(), TMsg::Text("after".into()));
 
+    // Counters are published once per worker loop turn, after that turn's
+    // writes: the client can be ahead of them. Wait for them.
+    let counted = wait_until(IO_TIMEOUT, || {
+        let stats = handle.stats();
+        stats.get("upgrades_total").unwrap() >= 2 && stats.get("messages_in_total").unwrap() >= 3
+    });
     let stats = handle.stats();
-    assert!(stats.get("upgrades_total").unwrap() >= 2);
-    assert!(stats.get("messages_in_total").unwrap() >= 3);
+    assert!(
+        counted,
+        "upgrades {:?}, messages in {:?}",
+        stats.get("upgrades_total"),
+        stats.get("messages_in_total")
+    );
 
     handle.shutdown();
     let code = loop {

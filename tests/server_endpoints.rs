@@ -116,7 +116,7 @@ fn handshake_refusals_have_the_right_status() {
         !ok.contains("Sec-WebSocket-Protocol"),
         "no protocol configured, none answered: {ok}"
     );
-    assert!(d.logged("refused: 403"), "refusals are logged");
+    assert!(d.wait_logged("refused: 403"), "refusals are logged");
 }
 
 #[test]
@@ -185,7 +185,10 @@ fn protocol_errors_get_their_close_codes() {
     c.send(OpCode::Binary, &[0u8; 600], false);
     c.send(OpCode::Continuation, &[0u8; 600], true);
     assert_eq!(c.close_code(), Some(1009));
-    assert!(d.logged("protocol error"), "protocol errors are logged");
+    assert!(
+        d.wait_logged("protocol error"),
+        "protocol errors are logged"
+    );
 }
 
 #[test]

@@ -142,5 +142,5 @@ fn slow_consumer_is_cut_off_and_others_get_everything() {
         got < MESSAGES,
         "slow consumer was never cut off ({got} messages, ended by {ended})"
     );
-    assert!(d.logged("slow consumer"), "slow consumer is logged");
+    assert!(d.wait_logged("slow consumer"), "slow consumer is logged");
 }

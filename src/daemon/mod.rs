@@ -27,6 +27,13 @@ pub struct Args {
     /// [default: number of CPUs].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Join the SO_REUSEPORT listeners of a daemon already on this address
+    /// (same user) instead of failing with "address in use": for a
+    /// zero-downtime handover, start the new daemon with this flag, then send
+    /// SIGTERM to the old one, which stops accepting and drains. Without it a
+    /// port another process listens on is an error, whatever `--workers` is.
+    #[arg(long)]
+    pub reuse_port: bool,
     /// Most simultaneous connections; beyond it new ones get HTTP 503
     /// [default: 100000, lowered to fit the open-files limit (RLIMIT_NOFILE)
     /// so that the 503 can still be sent].
@@ -53,11 +60,12 @@ pub struct Args {
     /// the client also offers is chosen.
     #[arg(long = "protocol")]
     pub protocols: Vec<String>,
-    /// On SIGINT/SIGTERM: how long to wait for clients to answer close 1001
+    /// On SIGINT/SIGTERM/SIGQUIT: how long to wait for clients to answer close 1001
     /// before exiting, e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Send a protocol ping to a connection silent for this long (`0` disables).
+    /// With both on, --idle-timeout must be longer than this.
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     pub ping_interval: Duration,
     /// Close a connection that sent nothing (not even a pong) for this long;
@@ -72,11 +80,18 @@ pub struct Args {
     #[arg(long = "client-publish")]
     pub client_publish: Vec<String>,
     /// HS256 secret: when set, every WebSocket needs a JWT (`?token=` or
-    /// `Authorization: Bearer`) with `sub` (user id), `exp`, optional `channels`.
+    /// `Authorization: Bearer`) with `sub` (user id, required), `exp`
+    /// (required, see --allow-non-expiring-tokens) and optional `channels`.
+    /// Must not be empty; shorter than 32 bytes draws a warning.
     #[arg(long, env = "WSPUSH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Accept client tokens without an `exp` claim (they never expire).
+    /// Without this flag such tokens are refused with 401.
+    #[arg(long)]
+    pub allow_non_expiring_tokens: bool,
     /// Key for the backend HTTP API (`Authorization: Bearer <key>`). Without
-    /// it the API answers only clients on loopback.
+    /// it the API answers only clients on loopback. Must not be empty nor
+    /// contain whitespace or control characters.
     #[arg(long, env = "WSPUSH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Serve the backend API (and /stats, /metrics) on this separate address
@@ -109,13 +124,13 @@ pub struct Args {
 pub enum Command {
     /// Print an HS256 client token for `--jwt-secret`.
     Token {
-        /// The secret (as given to the server's --jwt-secret).
+        /// The secret (as given to the server's --jwt-secret; not empty).
         #[arg(long, env = "WSPUSH_JWT_SECRET", hide_env_values = true)]
         secret: String,
-        /// The user id (`sub` claim).
+        /// The user id (`sub` claim; not empty).
         #[arg(long)]
         sub: String,
-        /// Lifetime, e.g. `1h`, `30m`, `3600s`.
+        /// Lifetime (the `exp` claim is now + ttl), e.g. `1h`, `30m`, `3600s`.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
         /// Channel (or pattern) the token may subscribe to (repeatable); none: any.
@@ -205,7 +220,145 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
+/// A secret shorter than this draws a warning (HS256 keys should carry at
+/// least the hash's 256 bits).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Check an HS256 secret: an error when empty, a warning when short.
+fn check_secret(flag: &str, secret: &str, warnings: &mut Vec<String>) -> Result<(), String> {
+    if secret.is_empty() {
+        return Err(format!(
+            "{flag} is empty: anyone could sign tokens with an empty key (an unset \
+             variable in a template leaves WSPUSH_JWT_SECRET= empty); give a secret \
+             of at least {MIN_SECRET_LEN} random bytes"
+        ));
+    }
+    if secret.len() < MIN_SECRET_LEN {
+        warnings.push(format!(
+            "{flag} is {} bytes long; use at least {MIN_SECRET_LEN} random bytes",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
 impl Args {
+    /// Check the flags once, before anything starts: values that cannot work
+    /// are an error naming the flag; doubtful ones come back as warnings.
+    pub fn validate(&self) -> Result<Vec<String>, String> {
+        let mut warnings = Vec::new();
+        if let Some(Command::Token {
+            secret, sub, ttl, ..
+        }) = &self.command
+        {
+            check_secret("--secret", secret, &mut warnings)?;
+            if sub.is_empty() {
+                return Err("--sub is empty: a token needs a user id".into());
+            }
+            if ttl.as_secs() == 0 {
+                return Err(
+                    "--ttl must be at least 1s (the token would be expired at once)".into(),
+                );
+            }
+            return Ok(warnings);
+        }
+        let positive = [
+            ("--max-message-size", self.max_message_size),
+            ("--max-buffered", self.max_buffered),
+            ("--max-publish-size", self.max_publish_size),
+            ("--max-pending-bytes", self.max_pending_bytes),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(format!("{flag} must be more than 0 bytes"));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err("--max-connections must be at least 1".into());
+        }
+        match self.workers {
+            Some(0) => {
+                return Err("--workers must be at least 1 (leave it out for one per CPU)".into())
+            }
+            Some(n) if n > crate::server::hub::MAX_WORKERS => {
+                return Err(format!(
+                    "--workers must be at most {}",
+                    crate::server::hub::MAX_WORKERS
+                ))
+            }
+            _ => {}
+        }
+        for (flag, d) in [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--drain-timeout", self.drain_timeout),
+        ] {
+            if d < Duration::from_millis(1) {
+                return Err(format!("{flag} must be at least 1ms"));
+            }
+        }
+        let ping = Some(self.ping_interval).filter(|d| !d.is_zero());
+        let idle = Some(self.idle_timeout).filter(|d| !d.is_zero());
+        if let (Some(ping), Some(idle)) = (ping, idle) {
+            if idle <= ping {
+                return Err(format!(
+                    "--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?}), \
+                     or a quiet but live client is closed before it is pinged \
+                     (0 disables either)"
+                ));
+            }
+        }
+        for p in &self.protocols {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                return Err(format!(
+                    "--protocol {p:?} is not a subprotocol token (printable ASCII, no comma)"
+                ));
+            }
+        }
+        for o in &self.origins {
+            // Browsers send `scheme://host[:port]` (or `null`), never a path
+            // or a trailing slash: such an entry could never match.
+            let path = o
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('/'));
+            if o.is_empty() || path || o.chars().any(|c| c.is_whitespace()) {
+                return Err(format!(
+                    "--origin {o:?} can never match: browsers send scheme://host[:port], \
+                     e.g. https://example.com, without a path or trailing slash"
+                ));
+            }
+        }
+        for p in &self.client_publish {
+            if p.is_empty() {
+                return Err("--client-publish needs a non-empty pattern".into());
+            }
+        }
+        if let Some(secret) = &self.jwt_secret {
+            check_secret("--jwt-secret (WSPUSH_JWT_SECRET)", secret, &mut warnings)?;
+        } else if self.allow_non_expiring_tokens {
+            return Err("--allow-non-expiring-tokens needs --jwt-secret".into());
+        }
+        if let Some(key) = &self.api_key {
+            if key.is_empty() {
+                return Err(
+                    "--api-key (WSPUSH_API_KEY) is empty: no request could ever match it \
+                     (leave it unset to answer loopback clients only)"
+                        .into(),
+                );
+            }
+            if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(
+                    "--api-key (WSPUSH_API_KEY) contains whitespace or control characters: \
+                     no `Authorization: Bearer` header could carry it"
+                        .into(),
+                );
+            }
+        }
+        if self.api_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err("--api-listen must differ from --listen".into());
+        }
+        Ok(warnings)
+    }
+
     /// The server configuration these flags describe.
     pub fn config(&self) -> Config {
         Config {
@@ -228,6 +381,7 @@ impl Args {
                 max_body: self.max_publish_size,
                 ..HttpLimits::default()
             },
+            share_port: self.reuse_port,
             max_pending_bytes: self.max_pending_bytes,
             history: HistoryConfig {
                 size: self.history_size,
@@ -248,6 +402,7 @@ impl Args {
                 .collect(),
             max_channels_per_conn: self.max_channels_per_conn,
             jwt_secret: self.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            allow_non_expiring_tokens: self.allow_non_expiring_tokens,
             api_key: self.api_key.as_ref().map(|s| s.as_bytes().to_vec()),
             api_on_main: self.api_listen.is_none(),
             ..PushConfig::default()
@@ -255,16 +410,40 @@ impl Args {
     }
 }
 
-/// Block SIGINT and SIGTERM in this thread (and the threads it starts
-/// later) and start a thread that waits for them and begins the drain of
-/// every server given.
+/// What the daemon does on a signal it handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalAction {
+    /// SIGINT, SIGTERM, SIGQUIT: close every client with 1001, drain, exit 0.
+    Drain,
+    /// SIGHUP: the reload hook (nothing to reload yet); the daemon runs on.
+    Reload,
+    /// SIGUSR1, SIGUSR2: logged and ignored.
+    Ignore,
+}
+
+/// The signals the daemon takes over, and what each does. Any other signal
+/// keeps the system's default action.
+pub const SIGNALS: [(libc::c_int, &str, SignalAction); 6] = [
+    (libc::SIGINT, "SIGINT", SignalAction::Drain),
+    (libc::SIGTERM, "SIGTERM", SignalAction::Drain),
+    (libc::SIGQUIT, "SIGQUIT", SignalAction::Drain),
+    (libc::SIGHUP, "SIGHUP", SignalAction::Reload),
+    (libc::SIGUSR1, "SIGUSR1", SignalAction::Ignore),
+    (libc::SIGUSR2, "SIGUSR2", SignalAction::Ignore),
+];
+
+/// Block the [`SIGNALS`] in this thread (and the threads it starts later)
+/// and start a thread that waits for them: the drain signals begin the
+/// drain of every server given; SIGHUP is where secrets and certificates
+/// will be reloaded once they come from files; the others are logged.
 fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
     // SAFETY: plain libc calls on a local, zero-initialised signal set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for (sig, _, _) in SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -279,12 +458,20 @@ fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
             if rc != 0 {
                 continue;
             }
-            if handles.iter().all(Handle::is_shutting_down) {
-                log::warn!("signal {sig} again: still draining");
-            } else {
-                log::info!("signal {sig}: shutting down (closing clients with 1001)");
-                for h in &handles {
-                    h.shutdown();
+            let Some(&(_, name, action)) = SIGNALS.iter().find(|(s, _, _)| *s == sig) else {
+                continue;
+            };
+            match action {
+                SignalAction::Reload => log::info!("{name}: nothing to reload yet"),
+                SignalAction::Ignore => log::info!("{name}: ignored"),
+                SignalAction::Drain if handles.iter().all(Handle::is_shutting_down) => {
+                    log::warn!("{name} again: still draining")
+                }
+                SignalAction::Drain => {
+                    log::info!("{name}: shutting down (closing clients with 1001)");
+                    for h in &handles {
+                        h.shutdown();
+                    }
                 }
             }
         })?;
@@ -293,6 +480,9 @@ fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
 
 /// Run the daemon until a signal ends the drain (or run a subcommand).
 pub fn run(args: Args) -> io::Result<()> {
+    for w in args.validate().map_err(io::Error::other)? {
+        log::warn!("{w}");
+    }
     if let Some(Command::Token {
         secret,
         sub,
@@ -350,7 +540,11 @@ pub fn run(args: Args) -> io::Result<()> {
         cfg.handshake.protocols,
         if cfg.handshake.origins.is_empty() { "any".to_string() } else { cfg.handshake.origins.join(",") },
         args.client_publish,
-        if args.jwt_secret.is_some() { "required (HS256)" } else { "not required" },
+        match (&args.jwt_secret, args.allow_non_expiring_tokens) {
+            (None, _) => "not required",
+            (Some(_), false) => "required (HS256; sub and exp)",
+            (Some(_), true) => "required (HS256; sub; non-expiring allowed)",
+        },
     );
     match (&api, &args.api_key) {
         (Some(a), Some(_)) => log::info!("API on {} (API key required)", a.local_addr()),

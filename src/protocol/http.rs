@@ -519,12 +519,26 @@ pub fn write_response(
     body: &[u8],
     close: bool,
 ) {
+    write_response_head(out, status, content_type, extra_headers, body.len(), close);
+    out.extend_from_slice(body);
+}
+
+/// Append the head of an HTTP/1.1 response whose body is `content_length`
+/// bytes, without the body: the answer to a HEAD request (RFC 9110 §9.3.2:
+/// the same header fields as GET, Content-Length included, no content).
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    extra_headers: &str,
+    content_length: usize,
+    close: bool,
+) {
     let mut head = String::with_capacity(128 + extra_headers.len());
     let _ = write!(
         head,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\n",
         status_text(status),
-        body.len()
     );
     if close {
         head.push_str("Connection: close\r\n");
@@ -532,7 +546,6 @@ pub fn write_response(
     head.push_str(extra_headers);
     head.push_str("\r\n");
     out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(body);
 }
 
 #[cfg(test)]

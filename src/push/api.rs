@@ -128,9 +128,13 @@ fn authorize(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Resul
             }
         }
         None => {
-            if info.peer.is_some_and(|p| p.ip().is_loopback()) {
+            if info.peer.is_some_and(|p| is_loopback(p.ip())) {
                 Ok(())
             } else {
+                log::debug!(
+                    "API request from {:?} refused: not loopback and no --api-key",
+                    info.peer
+                );
                 Err(json_error(
                     403,
                     "without --api-key the API only answers on loopback",
@@ -138,6 +142,13 @@ fn authorize(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Resul
             }
         }
     }
+}
+
+/// Whether `ip` is loopback, counting an IPv4-mapped IPv6 address
+/// (`::ffff:127.0.0.1`, how an IPv4 client reaches a dual-stack `[::]`
+/// listener) as the IPv4 address it carries.
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// The request body as the JSON text of the push's data.
@@ -150,6 +161,13 @@ fn data_of(req: &Request<'_>) -> Result<String, Response> {
         return Err(json_error(400, "body is not valid UTF-8"));
     };
     if is_json {
+        if envelope::nested_deeper_than(text.as_bytes(), envelope::MAX_JSON_DEPTH) {
+            log::debug!("API body refused: {}", envelope::DEPTH_RULE);
+            return Err(json_error(
+                400,
+                &format!("invalid body: {}", envelope::DEPTH_RULE),
+            ));
+        }
         // One validating pass, no document built: the publisher's JSON text
         // goes into the envelope as it was sent.
         match serde_json::from_str::<&serde_json::value::RawValue>(text) {
@@ -317,4 +335,31 @@ fn history(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
     }
     body.push_str("]}\n");
     Response::json(200, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_includes_ipv4_mapped() {
+        for ip in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:127.9.9.9",
+        ] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+            "::2",
+            "::127.0.0.1",
+            "fe80::1",
+        ] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+    }
 }

@@ -16,12 +16,24 @@ type HmacSha256 = Hmac<Sha256>;
 /// tokens are a few hundred bytes).
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 
+/// What a client token must carry beyond a valid signature.
+///
+/// The rule, the same in `--help` and the README: `sub` (a non-empty
+/// string) is always required; `exp` is required unless non-expiring tokens
+/// are explicitly allowed (`--allow-non-expiring-tokens`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenRules {
+    /// Accept tokens without an `exp` claim (they never expire).
+    pub allow_no_exp: bool,
+}
+
 /// Claims of a verified client token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
-    /// The `sub` claim: the user id of the connection.
-    pub sub: Option<String>,
-    /// The `exp` claim: expiry, in seconds since the Unix epoch.
+    /// The `sub` claim: the user id of the connection (never empty).
+    pub sub: String,
+    /// The `exp` claim: expiry, in seconds since the Unix epoch (`None` only
+    /// when [`TokenRules::allow_no_exp`] let a token without one pass).
     pub exp: Option<u64>,
     /// The `channels` claim: the channels (exact names or `prefix*`
     /// patterns) the connection may subscribe to; `None`: no restriction.
@@ -60,6 +72,10 @@ pub enum AuthError {
     Expired,
     /// The header names an algorithm other than HS256 (e.g. `none`).
     UnsupportedAlgorithm,
+    /// No `sub` claim, or an empty one.
+    NoSubject,
+    /// No `exp` claim, and non-expiring tokens are not allowed.
+    NoExpiry,
 }
 
 impl AuthError {
@@ -71,6 +87,8 @@ impl AuthError {
             AuthError::BadSignature => "bad token signature",
             AuthError::Expired => "token expired or not yet valid",
             AuthError::UnsupportedAlgorithm => "unsupported token algorithm (only HS256)",
+            AuthError::NoSubject => "token has no sub (user id) claim",
+            AuthError::NoExpiry => "token has no exp claim (non-expiring tokens are refused)",
         }
     }
 }
@@ -112,12 +130,19 @@ fn numeric_date(v: &Value) -> Result<u64, AuthError> {
 }
 
 /// Verify an HS256 JWT: three base64url (no padding) parts, header {"alg":"HS256"} (typ optional),
-/// signature over `header.payload`, `exp` (seconds since the Unix epoch) > now_unix when present, `nbf` <= now when present.
-/// `sub` must be a string if present; `channels` an array of strings if present (else Malformed).
+/// signature over `header.payload`, `exp` (seconds since the Unix epoch) > now_unix, `nbf` <= now when present.
+/// `sub` must be a non-empty string ([`AuthError::NoSubject`]); `exp` must be present unless
+/// `rules` allow tokens without it ([`AuthError::NoExpiry`]); `channels` an array of strings
+/// if present. Claims of the wrong type are Malformed.
 ///
 /// Checks, in order: presence, shape, header (`alg`), signature, claims.
 /// A header with a `crit` member is refused as unsupported (RFC 7515 §4.1.11).
-pub fn verify_hs256(token: &str, secret: &[u8], now_unix: u64) -> Result<Claims, AuthError> {
+pub fn verify_hs256(
+    token: &str,
+    secret: &[u8],
+    now_unix: u64,
+    rules: TokenRules,
+) -> Result<Claims, AuthError> {
     let token = token.trim();
     if token.is_empty() {
         return Err(AuthError::Missing);
@@ -173,6 +198,10 @@ pub fn verify_hs256(token: &str, secret: &[u8], now_unix: u64) -> Result<Claims,
     };
     if exp.is_some_and(|exp| exp <= now_unix) || nbf.is_some_and(|nbf| nbf > now_unix) {
         return Err(AuthError::Expired);
+    }
+    let sub = sub.filter(|s| !s.is_empty()).ok_or(AuthError::NoSubject)?;
+    if exp.is_none() && !rules.allow_no_exp {
+        return Err(AuthError::NoExpiry);
     }
     Ok(Claims { sub, exp, channels })
 }
@@ -249,6 +278,12 @@ mod tests {
 
     const SECRET: &[u8] = b"test-secret";
     const NOW: u64 = 1_700_000_000;
+    const ALLOW_NO_EXP: TokenRules = TokenRules { allow_no_exp: true };
+
+    /// The strict rules (the default): `sub` and `exp` required.
+    fn verify_hs256(token: &str, secret: &[u8], now: u64) -> Result<Claims, AuthError> {
+        super::verify_hs256(token, secret, now, TokenRules::default())
+    }
 
     fn b64(s: &str) -> String {
         URL_SAFE_NO_PAD.encode(s)
@@ -272,14 +307,14 @@ mod tests {
         assert_eq!(
             c,
             Claims {
-                sub: Some("alice".into()),
+                sub: "alice".into(),
                 exp: Some(NOW + 60),
                 channels: Some(chans),
             }
         );
         let t = mint_hs256(SECRET, "bob", None, None);
-        let c = verify_hs256(&t, SECRET, u64::MAX).unwrap();
-        assert_eq!(c.sub.as_deref(), Some("bob"));
+        let c = super::verify_hs256(&t, SECRET, u64::MAX, ALLOW_NO_EXP).unwrap();
+        assert_eq!(c.sub, "bob");
         assert_eq!(c.exp, None);
         assert_eq!(c.channels, None);
         assert!(c.allows("anything"));
@@ -304,7 +339,7 @@ mod tests {
 
         let t = sign(
             r#"{"alg":"HS256"}"#,
-            &format!(r#"{{"sub":"a","nbf":{}}}"#, NOW + 10),
+            &format!(r#"{{"sub":"a","exp":{},"nbf":{}}}"#, NOW + 60, NOW + 10),
             SECRET,
         );
         assert_eq!(verify_hs256(&t, SECRET, NOW), Err(AuthError::Expired));
@@ -313,7 +348,7 @@ mod tests {
         // Fractional NumericDate is allowed.
         let t = sign(
             r#"{"alg":"HS256"}"#,
-            &format!(r#"{{"exp":{}.5}}"#, NOW + 5),
+            &format!(r#"{{"sub":"a","exp":{}.5}}"#, NOW + 5),
             SECRET,
         );
         assert_eq!(verify_hs256(&t, SECRET, NOW).unwrap().exp, Some(NOW + 5));
@@ -420,15 +455,48 @@ mod tests {
     }
 
     #[test]
-    fn minimal_claims() {
-        let t = sign(r#"{"alg":"HS256"}"#, "{}", SECRET);
+    fn sub_and_exp_are_required() {
+        let t = |p: &str| sign(r#"{"alg":"HS256"}"#, p, SECRET);
+        let later = NOW + 60;
+        for p in [
+            "{}",
+            r#"{"exp":9999999999}"#,
+            r#"{"sub":"","exp":9999999999}"#,
+        ] {
+            assert_eq!(
+                verify_hs256(&t(p), SECRET, NOW),
+                Err(AuthError::NoSubject),
+                "{p}"
+            );
+            assert_eq!(
+                super::verify_hs256(&t(p), SECRET, NOW, ALLOW_NO_EXP),
+                Err(AuthError::NoSubject),
+                "{p}"
+            );
+        }
+        let no_exp = t(r#"{"sub":"a"}"#);
+        assert_eq!(verify_hs256(&no_exp, SECRET, NOW), Err(AuthError::NoExpiry));
         assert_eq!(
-            verify_hs256(&t, SECRET, NOW),
+            super::verify_hs256(&no_exp, SECRET, NOW, ALLOW_NO_EXP),
             Ok(Claims {
-                sub: None,
+                sub: "a".into(),
                 exp: None,
                 channels: None
             })
+        );
+        let both = t(&format!(r#"{{"sub":"a","exp":{later}}}"#));
+        assert_eq!(
+            verify_hs256(&both, SECRET, NOW),
+            Ok(Claims {
+                sub: "a".into(),
+                exp: Some(later),
+                channels: None
+            })
+        );
+        // Allowing tokens without exp does not let an expired one pass.
+        assert_eq!(
+            super::verify_hs256(&both, SECRET, later, ALLOW_NO_EXP),
+            Err(AuthError::Expired)
         );
     }
 
@@ -446,7 +514,7 @@ mod tests {
     #[test]
     fn independent_vector() {
         let c = verify_hs256(VECTOR, b"wspush-test-vector-secret", NOW).unwrap();
-        assert_eq!(c.sub.as_deref(), Some("user-42"));
+        assert_eq!(c.sub, "user-42");
         assert_eq!(c.exp, Some(4_102_444_800));
         assert_eq!(
             c.channels,
@@ -475,7 +543,7 @@ mod tests {
     #[test]
     fn channel_patterns() {
         let c = |v: &[&str]| Claims {
-            sub: None,
+            sub: String::new(),
             exp: None,
             channels: Some(v.iter().map(|s| s.to_string()).collect()),
         };
@@ -494,7 +562,7 @@ mod tests {
         assert!(!c(&[""]).allows("news"));
         assert!(c(&["a*"]).allows("a"));
         let none = Claims {
-            sub: None,
+            sub: String::new(),
             exp: None,
             channels: None,
         };
@@ -534,6 +602,8 @@ mod tests {
             AuthError::BadSignature,
             AuthError::Expired,
             AuthError::UnsupportedAlgorithm,
+            AuthError::NoSubject,
+            AuthError::NoExpiry,
         ] {
             assert!(!e.message().is_empty());
             assert_eq!(e.to_string(), e.message());

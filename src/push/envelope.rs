@@ -44,8 +44,57 @@ fn bad(code: &'static str, message: &'static str) -> Result<Control, BadControl>
     Err(BadControl { code, message })
 }
 
-/// Parse a text message from a client.
+/// Deepest nesting of arrays and objects the data of a push may have, on
+/// every path (client publish and the HTTP API). The envelope adds one
+/// level, so a push stays within serde_json's default limit (128) and far
+/// within Python's (about 1000): what a server relays, its clients can parse.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// What a message or body nested too deeply is told.
+pub const DEPTH_RULE: &str = "JSON nested deeper than 100 levels";
+
+/// Whether the JSON text nests arrays and objects deeper than `max`: one
+/// pass counting `[` and `{` outside strings, stopping as soon as it is
+/// over. It does not validate; the parser that runs after it does.
+pub fn nested_deeper_than(text: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Parse a text message from a client. Its data may nest
+/// [`MAX_JSON_DEPTH`] levels inside the message object.
 pub fn parse(text: &str) -> Parsed {
+    if nested_deeper_than(text.as_bytes(), MAX_JSON_DEPTH + 1) {
+        return Parsed {
+            control: bad("invalid_json", DEPTH_RULE),
+            id: None,
+        };
+    }
     let v: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => {
@@ -323,6 +372,46 @@ mod tests {
                 .code,
             "invalid_message"
         );
+    }
+
+    fn nest(depth: usize, inner: &str) -> String {
+        "[".repeat(depth) + inner + &"]".repeat(depth)
+    }
+
+    #[test]
+    fn depth_scan_counts_outside_strings_only() {
+        assert!(!nested_deeper_than(b"1", 0));
+        assert!(nested_deeper_than(b"[]", 0));
+        assert!(!nested_deeper_than(nest(5, "").as_bytes(), 5));
+        assert!(nested_deeper_than(nest(6, "").as_bytes(), 5));
+        assert!(nested_deeper_than(br#"{"a":[{"b":[]}]}"#, 3));
+        assert!(!nested_deeper_than(br#"{"a":[{"b":[]}]}"#, 4));
+        // Brackets inside strings, escaped quotes and backslashes.
+        assert!(!nested_deeper_than(
+            br#"["[[[[{{{{", "\"[[[[", "\\", "]]]"]"#,
+            1
+        ));
+        assert!(nested_deeper_than(br#"["\\",["x"]]"#, 1));
+        // Siblings do not add up.
+        assert!(!nested_deeper_than(b"[[],[],[[]],[]]", 3));
+    }
+
+    #[test]
+    fn client_messages_follow_the_depth_limit() {
+        let msg = |d| {
+            format!(
+                r#"{{"op":"publish","channel":"a","data":{}}}"#,
+                nest(d, "1")
+            )
+        };
+        assert!(matches!(
+            parse(&msg(MAX_JSON_DEPTH)).control,
+            Ok(Control::Publish(..))
+        ));
+        let e = parse(&msg(MAX_JSON_DEPTH + 1)).control.unwrap_err();
+        assert_eq!((e.code, e.message), ("invalid_json", DEPTH_RULE));
+        let e = parse(&msg(500_000)).control.unwrap_err();
+        assert_eq!(e.message, DEPTH_RULE);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct PushConfig {
     pub max_channels_per_conn: usize,
     /// HS256 secret; when set, every WebSocket needs a valid token.
     pub jwt_secret: Option<Vec<u8>>,
+    /// Accept tokens without `exp` (`--allow-non-expiring-tokens`).
+    pub allow_non_expiring_tokens: bool,
     /// API key for the backend API; without one the API answers on loopback only.
     pub api_key: Option<Vec<u8>>,
     /// Serve the API on the main port (false when it has its own listener).
@@ -79,6 +81,7 @@ impl Default for PushConfig {
             client_publish: Vec::new(),
             max_channels_per_conn: 128,
             jwt_secret: None,
+            allow_non_expiring_tokens: false,
             api_key: None,
             api_on_main: true,
             max_strikes: 10,
@@ -286,7 +289,7 @@ impl PushService {
                 .map(str::to_string),
         };
         let result = match token {
-            Some(t) => auth::verify_hs256(&t, secret, unix_now()),
+            Some(t) => auth::verify_hs256(&t, secret, unix_now(), self.token_rules()),
             None => Err(auth::AuthError::Missing),
         };
         match result {
@@ -295,6 +298,13 @@ impl PushService {
                 log::debug!("upgrade refused: token: {}", e.message());
                 Err(text_error(401, e.message()).header("WWW-Authenticate", "Bearer"))
             }
+        }
+    }
+
+    /// What a token (at the upgrade or in a refresh) must carry.
+    fn token_rules(&self) -> auth::TokenRules {
+        auth::TokenRules {
+            allow_no_exp: self.shared.cfg.allow_non_expiring_tokens,
         }
     }
 
@@ -335,11 +345,11 @@ impl PushService {
                 id,
             );
         };
-        let claims = match auth::verify_hs256(token, secret, unix_now()) {
+        let claims = match auth::verify_hs256(token, secret, unix_now(), self.token_rules()) {
             Ok(c) => c,
             Err(e) => return self.strike(s, ctx, "invalid_token", e.message(), id),
         };
-        if claims.sub.as_deref() != s.user() {
+        if Some(claims.sub.as_str()) != s.user() {
             return self.strike(s, ctx, "forbidden", "the new token is for another user", id);
         }
         let exp = claims.exp;
@@ -482,10 +492,7 @@ impl Handler for PushService {
                 return Err(text_error(400, "too many channels"));
             }
         }
-        let user = claims
-            .as_ref()
-            .and_then(|c| c.sub.as_deref())
-            .map(Arc::from);
+        let user = claims.as_ref().map(|c| Arc::from(c.sub.as_str()));
         let exp = claims.as_ref().and_then(|c| c.exp);
         let allowed = claims.filter(|c| c.channels.is_some());
         let extra = (user.is_some() || allowed.is_some() || exp.is_some() || !initial.is_empty())

@@ -43,6 +43,12 @@ pub struct Config {
     /// Give each worker its own SO_REUSEPORT listener (default). When false,
     /// or when the platform refuses it, worker 0 accepts for all workers.
     pub reuse_port: bool,
+    /// Let another process's SO_REUSEPORT listeners share the address (a
+    /// deliberate zero-downtime handover: the new server joins the old one's
+    /// group, then the old one drains). Default false: if another socket
+    /// already listens on the address, building the server fails with
+    /// "address in use", whatever the number of workers.
+    pub share_port: bool,
     /// Listen backlog. Default 4096.
     pub backlog: i32,
     /// Size of each worker's read buffer (one per worker, not per
@@ -75,6 +81,7 @@ impl Default for Config {
             handshake: HandshakeConfig::default(),
             http: HttpLimits::default(),
             reuse_port: true,
+            share_port: false,
             backlog: 4096,
             read_buffer: 256 << 10,
             history: HistoryConfig::default(),

@@ -80,7 +80,8 @@ impl<H: Handler> App<H> {
                 };
                 let resp = self
                     .handler
-                    .on_http(&req, &info, &mut Context { core, key, id });
+                    .on_http(&req, &info, &mut Context { core, key, id })
+                    .for_method(req.method);
                 let keep = req.keep_alive() && !resp.close && !core.draining;
                 core.respond(key, &resp, !keep);
                 if !keep {

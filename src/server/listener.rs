@@ -25,13 +25,135 @@ fn socket(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result<std::n
     Ok(s.into())
 }
 
-/// Bind listeners for all workers. The first socket fixes the port (so port
-/// 0 works); the others join it with SO_REUSEPORT. If that is refused, only
-/// worker 0 listens and hands connections to the others.
+/// Make sure no other socket listens on `addr`, and fix its port (port 0
+/// becomes the free port the kernel picks).
+///
+/// Linux lets any socket of the same user join a SO_REUSEPORT group, so a
+/// second daemon on the same port would silently take half of the new
+/// connections. The probe is a plain socket with SO_REUSEADDR (so that
+/// TIME_WAIT leftovers of a previous run do not count) and without
+/// SO_REUSEPORT: its `bind` fails with EADDRINUSE if any socket listens on
+/// the address, with or without SO_REUSEPORT, whoever owns it. It is closed
+/// before the group is bound to the port it found.
+///
+/// Two servers starting in the same microseconds could each probe while the
+/// other is between its probe and its bind; on Linux [`joined_by_others`],
+/// checked once the group listens, closes that window.
+fn probe(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("probe socket has no inet address"))
+}
+
+/// Bind listeners for all workers. Unless `share_port` is set, the address
+/// is first [`probe`]d: a port another process listens on is an error. The
+/// first socket fixes the port (so port 0 works); the others join it with
+/// SO_REUSEPORT. If that is refused, only worker 0 listens and hands
+/// connections to the others.
 pub(crate) fn bind_all(cfg: &Config) -> io::Result<Listeners> {
     let n = cfg.workers.max(1);
-    if cfg.reuse_port && n > 1 {
-        match socket(cfg.listen, true, cfg.backlog) {
+    if cfg.share_port {
+        return bind_group(cfg, cfg.listen, n).map_err(|e| in_use(cfg.listen, e));
+    }
+    let addr = probe(cfg.listen).map_err(|e| in_use(cfg.listen, e))?;
+    let listeners = bind_group(cfg, addr, n).map_err(|e| in_use(cfg.listen, e))?;
+    if joined_by_others(&listeners) {
+        // Dropping `listeners` closes ours; the other server (if it saw us
+        // too) gives up as well: never two in one group.
+        return Err(in_use(
+            cfg.listen,
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process joined the SO_REUSEPORT group while it was bound",
+            ),
+        ));
+    }
+    Ok(listeners)
+}
+
+/// Whether a listening socket that is not ours shares our exact address
+/// (which is what joining a SO_REUSEPORT group takes), from the kernel's
+/// table (/proc/net/tcp or tcp6) and the inodes of our sockets.
+///
+/// Checked after our group listens, this closes the probe's window: of two
+/// servers that both passed the probe, each binds before it checks, so at
+/// least the later one to check sees the other and gives up. If the table
+/// cannot be read, the probe alone stands.
+#[cfg(target_os = "linux")]
+fn joined_by_others(listeners: &Listeners) -> bool {
+    let ours: Vec<u64> = listeners
+        .sockets
+        .iter()
+        .flatten()
+        .filter_map(inode)
+        .collect();
+    foreign_listeners(listeners.local_addr, &ours).is_some_and(|n| n > 0)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn joined_by_others(_: &Listeners) -> bool {
+    false
+}
+
+/// The inode of a socket, as /proc/net/tcp shows it.
+#[cfg(target_os = "linux")]
+fn inode(s: &std::net::TcpListener) -> Option<u64> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd = s.as_fd().try_clone_to_owned().ok()?;
+    std::fs::File::from(fd).metadata().ok().map(|m| m.ino())
+}
+
+/// How many sockets listen on exactly `addr` whose inode is not in `ours`;
+/// `None` if the kernel's table cannot be read.
+#[cfg(target_os = "linux")]
+fn foreign_listeners(addr: SocketAddr, ours: &[u64]) -> Option<usize> {
+    // The table prints each 32-bit word of the address as the host-order
+    // integer of its bytes, and the port in hex: `0100007F:2329`.
+    let words = |octets: &[u8]| -> String {
+        octets
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect()
+    };
+    let (table, ip) = match addr {
+        SocketAddr::V4(a) => ("/proc/net/tcp", words(&a.ip().octets())),
+        SocketAddr::V6(a) => ("/proc/net/tcp6", words(&a.ip().octets())),
+    };
+    let local = format!("{ip}:{:04X}", addr.port());
+    let text = std::fs::read_to_string(table).ok()?;
+    const LISTEN: &str = "0A";
+    Some(
+        text.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            .filter(|f| f.len() > 9 && f[1] == local && f[3] == LISTEN)
+            .filter(|f| f[9].parse::<u64>().is_ok_and(|i| !ours.contains(&i)))
+            .count(),
+    )
+}
+
+/// Name the address in an "address in use" error.
+fn in_use(addr: SocketAddr, e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        io::Error::new(
+            e.kind(),
+            format!("{addr}: address in use (another process listens on it): {e}"),
+        )
+    } else {
+        e
+    }
+}
+
+fn bind_group(cfg: &Config, addr: SocketAddr, n: usize) -> io::Result<Listeners> {
+    // A shared port needs SO_REUSEPORT even with one worker, or no later
+    // server could join it.
+    if cfg.reuse_port && (n > 1 || cfg.share_port) {
+        match socket(addr, true, cfg.backlog) {
             Ok(first) => {
                 let local_addr = first.local_addr()?;
                 let mut sockets = vec![Some(first)];
@@ -62,12 +184,13 @@ pub(crate) fn bind_all(cfg: &Config) -> io::Result<Listeners> {
                     local_addr,
                 });
             }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
             Err(e) => {
                 log::warn!("SO_REUSEPORT unavailable ({e}); one acceptor will serve all workers")
             }
         }
     }
-    let first = socket(cfg.listen, false, cfg.backlog)?;
+    let first = socket(addr, false, cfg.backlog)?;
     let local_addr = first.local_addr()?;
     let mut sockets = vec![Some(first)];
     sockets.resize_with(n, || None);
@@ -75,4 +198,56 @@ pub(crate) fn bind_all(cfg: &Config) -> io::Result<Listeners> {
         sockets,
         local_addr,
     })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_table_shows_our_listener_by_inode() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(l) = std::net::TcpListener::bind(addr) else {
+                continue; // no IPv6 here
+            };
+            let local = l.local_addr().unwrap();
+            let ino = inode(&l).expect("inode of a socket");
+            let Some(n) = foreign_listeners(local, &[]) else {
+                return; // no /proc/net here: nothing to check
+            };
+            assert_eq!(n, 1, "{local}: our listener is in the table");
+            assert_eq!(foreign_listeners(local, &[ino]), Some(0), "{local}");
+        }
+    }
+
+    /// The probe's window, made to happen: another SO_REUSEPORT listener
+    /// (not ours) is already on the address when our group binds, as if a
+    /// second server had passed its probe at the same instant. The group
+    /// binds (the kernel lets it join), and the check after it sees the
+    /// stranger.
+    #[test]
+    fn a_stranger_in_our_reuseport_group_is_seen() {
+        let cfg = Config {
+            workers: 2,
+            ..Config::default()
+        };
+        let stranger = socket("127.0.0.1:0".parse().unwrap(), true, 16).unwrap();
+        let addr = stranger.local_addr().unwrap();
+        if foreign_listeners(addr, &[]).is_none() {
+            return; // no /proc/net here
+        }
+        let ours = bind_group(&cfg, addr, 2).expect("SO_REUSEPORT lets the group join");
+        assert_eq!(ours.sockets.iter().flatten().count(), 2);
+        assert!(joined_by_others(&ours), "the stranger is seen");
+        drop(stranger);
+        assert!(!joined_by_others(&ours), "alone again");
+        // And the whole bind refuses the address while the group is there.
+        let err = bind_all(&Config {
+            listen: addr,
+            ..cfg
+        })
+        .err()
+        .expect("address in use");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+    }
 }

@@ -16,6 +16,9 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Close the connection after this response.
     pub close: bool,
+    /// The answer to a HEAD request: the head (with the body's
+    /// Content-Length) is sent, the body is not. Set by [`Response::for_method`].
+    pub head_only: bool,
 }
 
 impl Response {
@@ -27,6 +30,7 @@ impl Response {
             headers: String::new(),
             body: body.into().into_bytes(),
             close: false,
+            head_only: false,
         }
     }
 
@@ -46,6 +50,7 @@ impl Response {
             headers: String::new(),
             body: body.into(),
             close: false,
+            head_only: false,
         }
     }
 
@@ -69,8 +74,26 @@ impl Response {
         self
     }
 
+    /// Make this the answer to a request with `method`: for `HEAD`, the
+    /// same head as for `GET` (Content-Length included) and no body, so a
+    /// keep-alive connection stays in step.
+    pub fn for_method(mut self, method: &str) -> Response {
+        self.head_only = method == "HEAD";
+        self
+    }
+
     /// Append the encoded response to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>, close: bool) {
+        if self.head_only {
+            return http::write_response_head(
+                out,
+                self.status,
+                &self.content_type,
+                &self.headers,
+                self.body.len(),
+                close,
+            );
+        }
         http::write_response(
             out,
             self.status,

@@ -38,13 +38,65 @@ pub struct Daemon {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// Poll `cond` until it holds or `limit` has passed; whether it held. For
+/// anything that happens asynchronously (a log line, a counter published
+/// once per loop turn, a peer's close): never look just once.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Run `wspush <args>` with extra environment variables, expecting it to
+/// exit by itself (a refusal at start, `--help`, a subcommand); its status
+/// and stderr (plus stdout). A daemon that starts instead is killed after
+/// [`IO_TIMEOUT`] and the status is `None`.
+pub fn run_to_exit(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wspush"));
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("WSPUSH_JWT_SECRET")
+        .env_remove("WSPUSH_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn wspush");
+    let mut status = None;
+    if wait_until(IO_TIMEOUT, || matches!(child.try_wait(), Ok(Some(_)))) {
+        status = child.try_wait().ok().flatten();
+    } else {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wspush output");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (status, text)
+}
+
 impl Daemon {
     /// Start `wspush --listen 127.0.0.1:0 <args>` and wait for its start line.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_on("127.0.0.1:0", args)
+    }
+
+    /// Start `wspush --listen <listen> <args>` and wait for its start line.
+    pub fn start_on(listen: &str, args: &[&str]) -> Daemon {
         raise_fd_limit();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wspush"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
@@ -84,6 +136,17 @@ impl Daemon {
     /// Whether any log line contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Wait (at most [`IO_TIMEOUT`]) for a log line containing `needle`:
+    /// the daemon logs from its own threads, after the client saw the effect.
+    pub fn wait_logged(&self, needle: &str) -> bool {
+        wait_until(IO_TIMEOUT, || self.logged(needle))
+    }
+
+    /// The daemon's log so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     /// Send a signal to the daemon.
@@ -127,6 +190,20 @@ pub fn ws_at(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
     let (ws, resp) = tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
     assert_eq!(resp.status(), 101);
     ws
+}
+
+/// The next message from a tungstenite client. A read interrupted by a
+/// signal is retried: a socket with a receive timeout (all of ours) fails
+/// with EINTR on any caught signal, even one installed with SA_RESTART, and
+/// when the process is stopped and continued (man 7 signal).
+#[allow(clippy::result_large_err)] // tungstenite's own error type, as `read` returns it
+pub fn read_msg(ws: &mut WebSocket<TcpStream>) -> Result<tungstenite::Message, tungstenite::Error> {
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
 }
 
 /// Send raw bytes, read the answer: everything until the server closes,
