@@ -374,10 +374,10 @@ fn sighup_and_sigusr_do_not_kill_and_sigquit_drains_with_1001() {
     let mut d = Daemon::start(&["--workers", "2", "--drain-timeout", "20s"]);
     let mut c = ws(&d, "/echo");
     for (sig, line) in [
-        (libc::SIGHUP, "SIGHUP: nothing to reload yet"),
+        (libc::SIGHUP, "SIGHUP: nothing to reload"),
         (libc::SIGUSR1, "SIGUSR1: ignored"),
         (libc::SIGUSR2, "SIGUSR2: ignored"),
-        (libc::SIGHUP, "SIGHUP: nothing to reload yet"),
+        (libc::SIGHUP, "SIGHUP: nothing to reload"),
     ] {
         d.signal(sig);
         assert!(d.wait_logged(line), "{line}: {}", d.log_text());

@@ -10,74 +10,84 @@ use clap::{Parser, Subcommand};
 use crate::broker::history::HistoryConfig;
 use crate::protocol::{HandshakeConfig, HttpLimits};
 use crate::push::channel::Pattern;
-use crate::push::{auth, PushConfig, PushService, Shared};
+use crate::push::{auth, PushConfig, PushService, Secrets, Shared};
 use crate::server::{Config, Handle, Server};
 
 /// Command-line flags of the `wspush` daemon.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "wspush", version, about = "WebSocket real-time push server")]
+#[command(
+    name = "wspush",
+    version,
+    about = "WebSocket real-time push server",
+    after_help = "Every flag can also be set with the environment variable shown beside it \
+                  (WSPUSH_ and the flag in upper case); a flag on the command line wins."
+)]
 pub struct Args {
     /// `token`: mint a client token instead of running the server.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Address to listen on (HTTP and WebSocket on the same port).
-    #[arg(long, default_value = "127.0.0.1:9001")]
+    #[arg(long, default_value = "127.0.0.1:9001", env = "WSPUSH_LISTEN")]
     pub listen: SocketAddr,
     /// Worker threads, each with its own event loop and SO_REUSEPORT listener
     /// [default: number of CPUs].
-    #[arg(long)]
+    #[arg(long, env = "WSPUSH_WORKERS")]
     pub workers: Option<usize>,
     /// Join the SO_REUSEPORT listeners of a daemon already on this address
     /// (same user) instead of failing with "address in use": for a
     /// zero-downtime handover, start the new daemon with this flag, then send
     /// SIGTERM to the old one, which stops accepting and drains. Without it a
     /// port another process listens on is an error, whatever `--workers` is.
-    #[arg(long)]
+    #[arg(long, env = "WSPUSH_REUSE_PORT")]
     pub reuse_port: bool,
     /// Most simultaneous connections; beyond it new ones get HTTP 503
     /// [default: 100000, lowered to fit the open-files limit (RLIMIT_NOFILE)
     /// so that the 503 can still be sent].
-    #[arg(long)]
+    #[arg(long, env = "WSPUSH_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Largest message (and frame) a client may send, in bytes; larger
     /// messages are answered with close code 1009. Push clients send control
     /// messages and publications: 1 MiB covers those with room to spare.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, env = "WSPUSH_MAX_MESSAGE_SIZE")]
     pub max_message_size: usize,
     /// Unsent bytes a connection may have queued (behind the message being
     /// written) before it is closed as a slow consumer.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, env = "WSPUSH_MAX_BUFFERED")]
     pub max_buffered: usize,
     /// Time a client has to send its complete upgrade request, e.g. `10s`, `500ms`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "WSPUSH_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Duration,
     /// Allowed `Origin` (repeatable; exact match, e.g. `https://example.com`).
     /// Without any, every origin is accepted. Requests without `Origin`
     /// (non-browser clients) are not refused by this list.
-    #[arg(long = "origin")]
+    #[arg(long = "origin", env = "WSPUSH_ORIGIN", value_delimiter = ',')]
     pub origins: Vec<String>,
     /// Supported subprotocol (repeatable), most preferred first; the first one
     /// the client also offers is chosen.
-    #[arg(long = "protocol")]
+    #[arg(long = "protocol", env = "WSPUSH_PROTOCOL", value_delimiter = ',')]
     pub protocols: Vec<String>,
     /// On SIGINT/SIGTERM/SIGQUIT: how long to wait for clients to answer close 1001
     /// before exiting, e.g. `10s`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "WSPUSH_DRAIN_TIMEOUT")]
     pub drain_timeout: Duration,
     /// Send a protocol ping to a connection silent for this long (`0` disables).
     /// With both on, --idle-timeout must be longer than this.
-    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, default_value = "25s", value_parser = parse_duration, env = "WSPUSH_PING_INTERVAL")]
     pub ping_interval: Duration,
     /// Close a connection that sent nothing (not even a pong) for this long;
     /// this reaps peers that vanished without a FIN (`0` disables).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "WSPUSH_IDLE_TIMEOUT")]
     pub idle_timeout: Duration,
     /// Most channels one connection may subscribe to.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, env = "WSPUSH_MAX_CHANNELS_PER_CONN")]
     pub max_channels_per_conn: usize,
     /// Channels clients may publish on over their socket (repeatable pattern,
     /// `*` matches any run of characters, e.g. `chat.*`). Default: none.
-    #[arg(long = "client-publish")]
+    #[arg(
+        long = "client-publish",
+        env = "WSPUSH_CLIENT_PUBLISH",
+        value_delimiter = ','
+    )]
     pub client_publish: Vec<String>,
     /// HS256 secret: when set, every WebSocket needs a JWT (`?token=` or
     /// `Authorization: Bearer`) with `sub` (user id, required), `exp`
@@ -85,37 +95,46 @@ pub struct Args {
     /// Must not be empty; shorter than 32 bytes draws a warning.
     #[arg(long, env = "WSPUSH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Read the HS256 secret from this file instead (trailing newlines
+    /// removed), so it stays out of `ps` and shell history; SIGHUP re-reads
+    /// it without dropping connections.
+    #[arg(long, env = "WSPUSH_JWT_SECRET_FILE", conflicts_with = "jwt_secret")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
     /// Accept client tokens without an `exp` claim (they never expire).
     /// Without this flag such tokens are refused with 401.
-    #[arg(long)]
+    #[arg(long, env = "WSPUSH_ALLOW_NON_EXPIRING_TOKENS")]
     pub allow_non_expiring_tokens: bool,
     /// Key for the backend HTTP API (`Authorization: Bearer <key>`). Without
     /// it the API answers only clients on loopback. Must not be empty nor
     /// contain whitespace or control characters.
     #[arg(long, env = "WSPUSH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Read the API key from this file instead (trailing newlines removed);
+    /// SIGHUP re-reads it.
+    #[arg(long, env = "WSPUSH_API_KEY_FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Serve the backend API (and /stats, /metrics) on this separate address
     /// instead of the main port.
-    #[arg(long)]
+    #[arg(long, env = "WSPUSH_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
     /// Largest body of an API request (a publication), in bytes; larger → 413.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, env = "WSPUSH_MAX_PUBLISH_SIZE")]
     pub max_publish_size: usize,
     /// Publications kept per channel, for clients that resume after a
     /// disconnect (`0` turns history off).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, env = "WSPUSH_HISTORY_SIZE")]
     pub history_size: usize,
     /// How long a publication stays in its channel's history, e.g. `5m`.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "WSPUSH_HISTORY_TTL")]
     pub history_ttl: Duration,
     /// Bytes all connections together may hold in partially received
     /// messages and request bodies; past it new large receptions are
     /// refused (close 1009, HTTP 503).
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, default_value_t = 256 << 20, env = "WSPUSH_MAX_PENDING_BYTES")]
     pub max_pending_bytes: usize,
     /// Bytes the history of all channels may take (each entry is charged
     /// its frame, its channel name and 256 B); past it the oldest go first.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = 64 << 20, env = "WSPUSH_HISTORY_MAX_BYTES")]
     pub history_max_bytes: usize,
 }
 
@@ -415,7 +434,7 @@ impl Args {
 pub enum SignalAction {
     /// SIGINT, SIGTERM, SIGQUIT: close every client with 1001, drain, exit 0.
     Drain,
-    /// SIGHUP: the reload hook (nothing to reload yet); the daemon runs on.
+    /// SIGHUP: re-read the secret files; the daemon runs on.
     Reload,
     /// SIGUSR1, SIGUSR2: logged and ignored.
     Ignore,
@@ -434,9 +453,9 @@ pub const SIGNALS: [(libc::c_int, &str, SignalAction); 6] = [
 
 /// Block the [`SIGNALS`] in this thread (and the threads it starts later)
 /// and start a thread that waits for them: the drain signals begin the
-/// drain of every server given; SIGHUP is where secrets and certificates
-/// will be reloaded once they come from files; the others are logged.
-fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
+/// drain of every server given; SIGHUP calls `reload` (secrets from files);
+/// the others are logged.
+fn watch_signals(handles: Vec<Handle>, reload: impl Fn() + Send + 'static) -> io::Result<()> {
     // SAFETY: plain libc calls on a local, zero-initialised signal set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -462,7 +481,7 @@ fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
                 continue;
             };
             match action {
-                SignalAction::Reload => log::info!("{name}: nothing to reload yet"),
+                SignalAction::Reload => reload(),
                 SignalAction::Ignore => log::info!("{name}: ignored"),
                 SignalAction::Drain if handles.iter().all(Handle::is_shutting_down) => {
                     log::warn!("{name} again: still draining")
@@ -478,8 +497,67 @@ fn watch_signals(handles: Vec<Handle>) -> io::Result<()> {
     Ok(())
 }
 
+/// Read a secret from a file: its text without trailing line ends.
+fn read_secret(flag: &str, path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+impl Args {
+    /// Read `--jwt-secret-file` and `--api-key-file` into the secrets they
+    /// stand for (checked by [`Args::validate`] like the inline flags).
+    pub fn load_secret_files(&mut self) -> Result<(), String> {
+        if let Some(p) = &self.jwt_secret_file {
+            self.jwt_secret = Some(read_secret("--jwt-secret-file", p)?);
+        }
+        if let Some(p) = &self.api_key_file {
+            self.api_key = Some(read_secret("--api-key-file", p)?);
+        }
+        Ok(())
+    }
+}
+
+/// SIGHUP: re-read the secret files and put their values in force. A file
+/// that cannot be read, or holds a value the start would refuse, keeps the
+/// secrets in force and says why.
+fn reload_secrets(args: &Args, shared: &Shared) {
+    if args.jwt_secret_file.is_none() && args.api_key_file.is_none() {
+        log::info!("SIGHUP: nothing to reload (no --jwt-secret-file or --api-key-file)");
+        return;
+    }
+    let mut fresh = args.clone();
+    let checked = fresh.load_secret_files().and_then(|_| fresh.validate());
+    let warnings = match checked {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("SIGHUP: reload refused, the secrets in force stay: {e}");
+            return;
+        }
+    };
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    let old = shared.secrets();
+    let new = Secrets {
+        jwt_secret: fresh.jwt_secret.map(String::into_bytes),
+        api_key: fresh.api_key.map(String::into_bytes),
+    };
+    let what = |changed: bool| if changed { "changed" } else { "unchanged" };
+    let summary = format!(
+        "JWT secret {}, API key {}",
+        what(old.jwt_secret != new.jwt_secret),
+        what(old.api_key != new.api_key)
+    );
+    match shared.set_secrets(new) {
+        Ok(()) => log::info!("SIGHUP: reloaded secrets ({summary})"),
+        Err(e) => log::error!("SIGHUP: reload refused: {e}"),
+    }
+}
+
 /// Run the daemon until a signal ends the drain (or run a subcommand).
-pub fn run(args: Args) -> io::Result<()> {
+pub fn run(mut args: Args) -> io::Result<()> {
+    args.load_secret_files().map_err(io::Error::other)?;
     for w in args.validate().map_err(io::Error::other)? {
         log::warn!("{w}");
     }
@@ -525,7 +603,11 @@ pub fn run(args: Args) -> io::Result<()> {
     let mut handles = vec![main_handle.clone()];
     handles.extend(api.as_ref().map(|a| a.handle()));
     // Signals must be blocked before the worker threads exist.
-    watch_signals(handles)?;
+    let reload = {
+        let (args, shared) = (args.clone(), shared.clone());
+        move || reload_secrets(&args, &shared)
+    };
+    watch_signals(handles, reload)?;
     log::info!(
         "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}",
         server.local_addr(),

@@ -113,7 +113,7 @@ pub fn refuse_early(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -
 
 /// API key when configured, else loopback only.
 fn authorize(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Result<(), Response> {
-    match &svc.shared().cfg.api_key {
+    match &svc.shared().secrets().api_key {
         Some(key) => {
             let offered = req.header("authorization").and_then(auth::bearer);
             match offered {

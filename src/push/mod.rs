@@ -22,7 +22,7 @@ pub mod metrics;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::broker::{Encoded, Position, PublishOptions};
@@ -98,6 +98,18 @@ pub struct Shared {
     live: Vec<Mutex<HashSet<u64>>>,
     /// Publications accepted (API and clients).
     pub publications: AtomicU64,
+    /// The JWT secret and API key in force (replaced by a reload).
+    secrets: RwLock<Arc<Secrets>>,
+}
+
+/// The secrets in force. Whether tokens and an API key are required is
+/// fixed at start ([`PushConfig`]); a reload can only change their values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Secrets {
+    /// HS256 secret for client tokens.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// Key of the backend API.
+    pub api_key: Option<Vec<u8>>,
 }
 
 const LIVE_SHARDS: usize = 16;
@@ -105,7 +117,12 @@ const LIVE_SHARDS: usize = 16;
 impl Shared {
     /// Shared state for a service with these settings.
     pub fn new(cfg: PushConfig) -> Arc<Shared> {
+        let secrets = Secrets {
+            jwt_secret: cfg.jwt_secret.clone(),
+            api_key: cfg.api_key.clone(),
+        };
         Arc::new(Shared {
+            secrets: RwLock::new(Arc::new(secrets)),
             cfg,
             live: (0..LIVE_SHARDS)
                 .map(|_| Mutex::new(HashSet::new()))
@@ -117,6 +134,28 @@ impl Shared {
     fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashSet<u64>> {
         let m = &self.live[(id as usize) % LIVE_SHARDS];
         m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The secrets in force.
+    pub fn secrets(&self) -> Arc<Secrets> {
+        self.secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the secrets (a reload): new connections and API calls are
+    /// checked against the new values; open connections stay open until
+    /// their token's `exp`, and a `refresh` must be signed with the new
+    /// secret. A secret cannot be added or removed, only changed.
+    pub fn set_secrets(&self, new: Secrets) -> Result<(), &'static str> {
+        if new.jwt_secret.is_some() != self.cfg.jwt_secret.is_some()
+            || new.api_key.is_some() != self.cfg.api_key.is_some()
+        {
+            return Err("a reload can change a secret, not add or remove one");
+        }
+        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        Ok(())
     }
 
     /// Whether `id` is an open `/ws` connection.
@@ -274,7 +313,8 @@ impl PushService {
 
     /// Check the token of an upgrade request, if tokens are required.
     fn authenticate(&self, req: &Request<'_>) -> Result<Option<auth::Claims>, Response> {
-        let Some(secret) = &self.shared.cfg.jwt_secret else {
+        let secrets = self.shared.secrets();
+        let Some(secret) = secrets.jwt_secret.as_deref() else {
             return Ok(None);
         };
         let from_query = req
@@ -336,7 +376,8 @@ impl PushService {
     /// A fresh token for the same user: it replaces the old one's expiry
     /// and channel allowance; subscriptions it no longer allows end.
     fn refresh(&self, s: &mut Session, token: &str, ctx: &mut Context<'_>, id: Option<&str>) {
-        let Some(secret) = &self.shared.cfg.jwt_secret else {
+        let secrets = self.shared.secrets();
+        let Some(secret) = secrets.jwt_secret.as_deref() else {
             return self.strike(
                 s,
                 ctx,

@@ -93,16 +93,24 @@ impl Daemon {
 
     /// Start `wspush --listen <listen> <args>` and wait for its start line.
     pub fn start_on(listen: &str, args: &[&str]) -> Daemon {
+        Daemon::start_env(listen, args, &[])
+    }
+
+    /// Start `wspush --listen <listen> <args>` with extra environment
+    /// variables and wait for its start line.
+    pub fn start_env(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         raise_fd_limit();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wspush"))
-            .arg("--listen")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wspush"));
+        cmd.arg("--listen")
             .arg(listen)
             .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wspush");
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn wspush");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
