@@ -74,7 +74,7 @@ pub fn stats_json(svc: &PushService) -> String {
 \"workers\":[{}],\"channels\":{channels},\"subscriptions\":{subscriptions},\
 \"history\":{{\"channels_held\":{},\"entries\":{},\"bytes\":{},\"evicted\":{}}},\
 \"messages\":{{\"in\":{},\"out\":{}}},\"bytes\":{{\"in\":{},\"out\":{}}},\"publications\":{},\
-\"http_requests\":{},\"disconnects\":{{{}}},\"refused\":{{{}}},\"accept_errors\":{}}}\n",
+\"http_requests\":{},\"disconnects\":{{{}}},\"refused\":{{{}}},\"accept_errors\":{},\"pending_bytes\":{},\"receive_budget_refusals\":{}}}\n",
         st.uptime_secs,
         get(t, "connections"),
         get(t, "websockets"),
@@ -94,6 +94,8 @@ pub fn stats_json(svc: &PushService) -> String {
         disconnects.join(","),
         refusals.join(","),
         get(t, "accept_errors_total"),
+        svc.handle().pending_bytes(),
+        get(t, "pending_refusals_total"),
     )
 }
 
@@ -134,7 +136,7 @@ pub fn prometheus(svc: &PushService) -> String {
             get(w, "websockets")
         );
     }
-    let simple: [(&str, &str, &str, u64); 15] = [
+    let simple: [(&str, &str, &str, u64); 17] = [
         (
             "wspush_connections_accepted_total",
             "counter",
@@ -188,6 +190,18 @@ pub fn prometheus(svc: &PushService) -> String {
             "counter",
             "accept() failures (e.g. out of file descriptors).",
             get(t, "accept_errors_total"),
+        ),
+        (
+            "wspush_receive_budget_refusals_total",
+            "counter",
+            "Receptions refused because --max-pending-bytes was reached.",
+            get(t, "pending_refusals_total"),
+        ),
+        (
+            "wspush_pending_bytes",
+            "gauge",
+            "Bytes held in partially received messages and request bodies.",
+            svc.handle().pending_bytes() as u64,
         ),
         (
             "wspush_channels",
