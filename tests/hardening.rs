@@ -9,31 +9,12 @@ use std::net::{SocketAddr, TcpStream};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use common::push::http;
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use tungstenite::Message as TMsg;
 use wspush::push::unix_now;
-
-/// One HTTP request, `Connection: close`; returns (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status_of(&out), body)
-}
 
 fn publish_json(addr: SocketAddr, channel: &str, data: &str) -> (u16, String) {
     http(

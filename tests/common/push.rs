@@ -28,8 +28,9 @@ pub fn http(
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(body).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let out = String::from_utf8_lossy(&raw).into_owned();
     let status = status_of(&out);
     let body = out
         .split_once("\r\n\r\n")
