@@ -348,3 +348,137 @@ fn resume_seam_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
     }
     assert!(total > 100 * 4 * 5, "every client saw its pushes ({total})");
 }
+
+/// Concurrent publishers on a few channels (keep-alive, pipelined): every
+/// history entry is still expired by age and evicted by the byte cap, and
+/// history keeps working afterwards (review finding: entries stranded out of
+/// age order kept their bytes charged and evicted everything else).
+#[test]
+fn history_stays_bounded_under_concurrent_publishers() {
+    let d = Daemon::start(&[
+        "--workers",
+        "2",
+        "--history-ttl",
+        "2s",
+        "--history-size",
+        "100000",
+        "--history-max-bytes",
+        "1000000",
+    ]);
+    let addr = d.addr;
+    thread::scope(|s| {
+        for t in 0..8 {
+            s.spawn(move || {
+                use std::io::{Read, Write};
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let mut reply = Vec::new();
+                for round in 0..150 {
+                    let mut batch = Vec::new();
+                    for k in 0..8 {
+                        let body = format!("\"{t}-{round}-{k}-{}\"", "x".repeat(200));
+                        batch.extend_from_slice(
+                            format!(
+                                "POST /publish/pr{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                                (t + k) % 4,
+                                body.len()
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    c.write_all(&batch).unwrap();
+                    // Read the 8 answers (each ends with a newline body).
+                    let mut answers = 0;
+                    while answers < 8 {
+                        let mut b = [0u8; 8192];
+                        let n = c.read(&mut b).unwrap();
+                        assert!(n > 0);
+                        reply.extend_from_slice(&b[..n]);
+                        while let Some(i) = reply.windows(2).position(|w| w == b"}\n") {
+                            reply.drain(..i + 2);
+                            answers += 1;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (_, stats) = get_json(d.addr, "/stats");
+    let bytes = stats["history"]["bytes"].as_u64().unwrap();
+    assert!(
+        bytes <= 1_000_000,
+        "history bytes {bytes} over the cap: {stats}"
+    );
+    // Past the age limit everything goes (maintenance runs about once a second).
+    assert!(
+        wait_until(IO_TIMEOUT, || {
+            get_json(d.addr, "/stats").1["history"]["entries"] == 0
+        }),
+        "history entries never expired: {}",
+        get_json(d.addr, "/stats").1
+    );
+    // And history still works for a new channel.
+    let p1 = publish(d.addr, "fresh", "1");
+    let p2 = publish(d.addr, "fresh", "2");
+    assert_eq!((p1["seq"].as_u64(), p2["seq"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(p1["epoch"], p2["epoch"]);
+    let (_, h) = get_json(d.addr, "/history/fresh?since=0");
+    assert_eq!(h["publications"].as_array().unwrap().len(), 2, "{h}");
+}
+
+/// A subscriber that comes back to a channel that was forgotten meanwhile
+/// (history off) starts in the new stream: publications of the old one
+/// still queued for its worker are not delivered (review finding).
+#[test]
+fn a_resubscriber_gets_nothing_from_the_previous_epoch() {
+    let d = Daemon::start(&["--workers", "2", "--history-size", "0"]);
+    let addr = d.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+                    publish(addr, "c", "1");
+                }
+            })
+        })
+        .collect();
+    let (mut ws, _) = connect(&d, "");
+    assert_eq!(
+        op(&mut ws, json!({"op":"subscribe","channel":"c"}))["op"],
+        "subscribed"
+    );
+    // Publishing is under way once a push arrives.
+    assert!(next_json(&mut ws)["seq"].as_u64().is_some());
+    for round in 0..400 {
+        // Unsubscribe and subscribe in one write: publications of the old
+        // stream may still be queued for this worker when the new one starts.
+        ws.write(TMsg::Text(
+            json!({"op":"unsubscribe","channel":"c"}).to_string(),
+        ))
+        .unwrap();
+        ws.write(TMsg::Text(
+            json!({"op":"subscribe","channel":"c"}).to_string(),
+        ))
+        .unwrap();
+        ws.flush().unwrap();
+        let start = loop {
+            let v = next_json(&mut ws);
+            if v["op"] == "subscribed" {
+                break v["seq"].as_u64().unwrap();
+            }
+        };
+        let v = next_json(&mut ws);
+        assert_eq!(
+            v["seq"].as_u64(),
+            Some(start + 1),
+            "round {round}: subscribed at {start}, then {v}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().unwrap();
+    }
+}

@@ -150,3 +150,40 @@ fn a_sender_that_never_reads_is_stopped_by_tcp_not_by_memory() {
     writer.join().unwrap();
     assert!(!d.logged("slow consumer"), "not treated as a slow consumer");
 }
+
+#[test]
+fn a_slow_reader_of_pipelined_answers_is_served_past_the_request_deadline() {
+    // 100 pipelined `GET /` (23 KB answers each, 2.3 MB) read at ~600 KB/s
+    // take about 4 s, past a 1 s request deadline: a client reading its
+    // answers is making progress, and every answer arrives.
+    let d = Daemon::start(&[
+        "--workers",
+        "1",
+        "--max-buffered",
+        "65536",
+        "--handshake-timeout",
+        "1s",
+    ]);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16384).unwrap();
+    sock.connect(&d.addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut req = Vec::new();
+    for _ in 0..100 {
+        req.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    s.write_all(&req).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let mut answers = 0;
+    while answers < 100 {
+        std::thread::sleep(Duration::from_millis(25));
+        use std::io::Read;
+        let n = s.read(&mut buf).expect("the server keeps the connection");
+        assert!(n > 0, "closed after {answers} answers");
+        got.extend_from_slice(&buf[..n]);
+        answers = got.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    }
+    assert_eq!(answers, 100);
+}

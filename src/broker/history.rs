@@ -101,13 +101,27 @@ impl Ring {
         }
     }
 
-    /// Drop the oldest entry if it is `p`.
-    pub fn pop_if(&mut self, p: &Arc<Publication>) -> bool {
-        if self.entries.front().is_some_and(|(_, f)| Arc::ptr_eq(f, p)) {
-            self.entries.pop_front();
-            return true;
+    /// Drop `p` and every older entry (if `p` is in this ring: same
+    /// publication, not another epoch's); each is handed to `gone`.
+    pub fn drop_through(&mut self, p: &Arc<Publication>, mut gone: impl FnMut(&Publication)) {
+        // Entries are contiguous in seq: `p` can only be at one index.
+        let Some((_, front)) = self.entries.front() else {
+            return;
+        };
+        let held = p
+            .seq
+            .checked_sub(front.seq)
+            .and_then(|i| self.entries.get(i as usize))
+            .is_some_and(|(_, e)| Arc::ptr_eq(e, p));
+        if !held {
+            return;
         }
-        false
+        while let Some((_, e)) = self.entries.pop_front() {
+            gone(&e);
+            if Arc::ptr_eq(&e, p) {
+                break;
+            }
+        }
     }
 
     /// Whether the ring holds every publication after `since` up to

@@ -166,15 +166,20 @@ impl LocalBroker {
             let Some((p, aged)) = due else { return };
             let mut shard = self.shard(&p.channel);
             if let Some(ch) = shard.get_mut(&*p.channel) {
-                if ch.ring.pop_if(&p) {
-                    self.forget(&p);
-                    self.settle_ring(ch.ring.is_empty(), false);
-                    if !aged {
-                        self.evicted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if ch.forgettable() {
-                        shard.remove(&*p.channel);
-                    }
+                let was_empty = ch.ring.is_empty();
+                // Everything of the channel up to this entry is older: it goes
+                // too (so an entry can never be stranded behind a missed one).
+                let mut gone = 0;
+                ch.ring.drop_through(&p, |q| {
+                    self.forget(q);
+                    gone += 1;
+                });
+                self.settle_ring(!was_empty && ch.ring.is_empty(), false);
+                if !aged {
+                    self.evicted.fetch_add(gone, Ordering::Relaxed);
+                }
+                if ch.forgettable() {
+                    shard.remove(&*p.channel);
                 }
             }
         }
@@ -189,12 +194,14 @@ impl Broker for LocalBroker {
         make: &mut dyn FnMut(u64) -> Encoded,
     ) -> Published {
         let keep = opts.history && self.history.enabled();
-        let now = self.now_ms();
         let workers = self.hub.workers().min(MAX_WORKERS);
         let mut wakes = [false; MAX_WORKERS];
-        let mut kept = None;
+        let mut kept = false;
+        let now;
         let published = {
             let mut shard = self.shard(channel);
+            // Read under the lock: a channel's entries are in time order.
+            now = self.now_ms();
             let ch = self.entry(&mut shard, channel);
             ch.seq += 1;
             let published = Published {
@@ -220,7 +227,16 @@ impl Broker for LocalBroker {
                     self.settle_ring(false, ch.ring.is_empty());
                     self.live.fetch_add(1, Ordering::Relaxed);
                     self.bytes.fetch_add(p.cost(), Ordering::Relaxed);
-                    kept = Some(Arc::downgrade(&p));
+                    // Into the age list under the channel's lock, so a
+                    // channel's entries stand there in ring order (lock
+                    // order: shard, then age list; `evict` never holds both).
+                    let live = self.live.load(Ordering::Relaxed);
+                    self.ages.lock().unwrap_or_else(|p| p.into_inner()).push(
+                        now,
+                        Arc::downgrade(&p),
+                        live,
+                    );
+                    kept = true;
                     ch.ring
                         .push(now, p, self.history.size, |old| self.forget(old));
                 }
@@ -231,12 +247,7 @@ impl Broker for LocalBroker {
             published
         };
         self.hub.wake_all(&wakes[..workers]);
-        if let Some(w) = kept {
-            let live = self.live.load(Ordering::Relaxed);
-            self.ages
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(now, w, live);
+        if kept {
             self.evict(now);
         }
         published

@@ -295,6 +295,25 @@ impl Args {
         if self.max_connections == Some(0) {
             return Err("--max-connections must be at least 1".into());
         }
+        let largest = self.max_message_size.max(self.max_publish_size);
+        if self.max_pending_bytes < largest {
+            return Err(format!(
+                "--max-pending-bytes ({}) must be at least the largest message or body \
+                 a client may send ({largest}: --max-message-size / --max-publish-size)",
+                self.max_pending_bytes
+            ));
+        }
+        if self.history_size > 0 {
+            if self.history_ttl.is_zero() {
+                return Err(
+                    "--history-ttl must be more than 0 (use --history-size 0 to turn history off)"
+                        .into(),
+                );
+            }
+            if self.history_max_bytes == 0 {
+                return Err("--history-max-bytes must be more than 0 (use --history-size 0 to turn history off)".into());
+            }
+        }
         match self.workers {
             Some(0) => {
                 return Err("--workers must be at least 1 (leave it out for one per CPU)".into())
@@ -609,7 +628,7 @@ pub fn run(mut args: Args) -> io::Result<()> {
     };
     watch_signals(handles, reload)?;
     log::info!(
-        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}",
+        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}, history {}, max-pending-bytes {} B",
         server.local_addr(),
         main_handle.workers(),
         cfg.max_connections,
@@ -627,6 +646,15 @@ pub fn run(mut args: Args) -> io::Result<()> {
             (Some(_), false) => "required (HS256; sub and exp)",
             (Some(_), true) => "required (HS256; sub; non-expiring allowed)",
         },
+        if cfg.history.enabled() {
+            format!(
+                "{} per channel, {:?}, {} B in all",
+                cfg.history.size, cfg.history.ttl, cfg.history.max_bytes
+            )
+        } else {
+            "off".to_string()
+        },
+        cfg.max_pending_bytes,
     );
     match (&api, &args.api_key) {
         (Some(a), Some(_)) => log::info!("API on {} (API key required)", a.local_addr()),

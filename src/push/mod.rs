@@ -21,7 +21,7 @@ pub mod envelope;
 pub mod metrics;
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -197,6 +197,10 @@ struct SessionExtra {
     /// The token's `exp` (seconds since the Unix epoch): at that time the
     /// connection is closed with 3000 unless a refresh moved it.
     exp: Option<u64>,
+    /// When the pending expiry timer is due (seconds, Unix): a refresh to a
+    /// later `exp` arms nothing new (that timer re-arms when it fires), so
+    /// refreshes cannot pile up timers.
+    armed: Option<u64>,
     /// Channels from the query string, subscribed on open (with the
     /// position to resume after, from `since=`).
     initial: Vec<(String, Option<Position>)>,
@@ -232,10 +236,19 @@ impl Session {
 pub const CLOSE_TOKEN_EXPIRED: u16 = 3000;
 
 /// Arm the expiry check of a connection whose token expires at `exp`.
-fn arm_expiry(ctx: &mut Context<'_>, exp: u64) {
-    ctx.set_timer(std::time::Duration::from_secs(
-        exp.saturating_sub(unix_now()),
-    ));
+fn arm_expiry(s: &mut Session, ctx: &mut Context<'_>) {
+    let Some(extra) = s.extra.as_mut() else {
+        return;
+    };
+    let Some(exp) = extra.exp else { return };
+    if extra.armed.is_some_and(|due| due <= exp) {
+        return;
+    }
+    // Timers reach 24 days at most: a later expiry is checked then, and re-armed.
+    let now = unix_now();
+    let due = exp.min(now + 24 * 86_400);
+    extra.armed = Some(due);
+    ctx.set_timer(std::time::Duration::from_secs(due.saturating_sub(now)));
 }
 
 /// Whether the route takes WebSocket upgrades.
@@ -408,9 +421,7 @@ impl PushService {
                 "the refreshed token does not allow this channel",
             ));
         }
-        if let Some(exp) = exp {
-            arm_expiry(ctx, exp);
-        }
+        arm_expiry(s, ctx);
         ctx.send_text(&envelope::reply_refreshed(exp, id));
     }
 
@@ -542,6 +553,7 @@ impl Handler for PushService {
                     user,
                     allowed,
                     exp,
+                    armed: None,
                     initial,
                 })
             });
@@ -575,10 +587,12 @@ impl Handler for PushService {
             ("GET" | "HEAD", "/healthz") => {
                 let (open, max) = self.handle.capacity();
                 if open >= max {
+                    let ws = self.handle.stats().total.websockets.load(Ordering::Relaxed);
                     Response::text(
                         503,
                         format!(
-                            "full: {open} of --max-connections {max} WebSocket connections held\n"
+                            "full: {open} of --max-connections {max} connections held \
+                             ({ws} WebSockets, the rest in their HTTP handshake)\n"
                         ),
                     )
                 } else {
@@ -635,9 +649,7 @@ impl Handler for PushService {
                 for (ch, since) in initial {
                     subscribe(ctx, &ch, since, None);
                 }
-                if let Some(exp) = s.exp() {
-                    arm_expiry(ctx, exp);
-                }
+                arm_expiry(s, ctx);
                 if s.extra
                     .as_ref()
                     .is_some_and(|e| e.user.is_none() && e.allowed.is_none() && e.exp.is_none())
@@ -671,10 +683,18 @@ impl Handler for PushService {
     }
 
     fn on_timer(&mut self, s: &mut Session, ctx: &mut Context<'_>) {
+        if let Some(e) = s.extra.as_mut() {
+            if e.armed.is_some_and(|due| due > unix_now() + 1) {
+                // An earlier timer (armed before a refresh to an earlier
+                // `exp`) that is not the pending one: nothing to do.
+                return;
+            }
+            e.armed = None;
+        }
         let Some(exp) = s.exp() else { return };
         if unix_now() < exp {
             // A refresh moved the expiry (or the timer was capped): wait on.
-            return arm_expiry(ctx, exp);
+            return arm_expiry(s, ctx);
         }
         log::debug!("conn {}: token expired", ctx.id());
         ctx.send_text(&envelope::reply_error(

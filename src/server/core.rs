@@ -344,7 +344,9 @@ impl Core {
             }
         }
         let joined = self.handle.broker().join(topic, self.index, since);
-        let sub = self.topics.subscribe(topic, key, joined.position.seq);
+        let sub = self
+            .topics
+            .subscribe(topic, key, joined.position.seq, joined.position.epoch.0);
         c.subs.push(sub);
         Some(joined)
     }
@@ -598,6 +600,14 @@ impl Core {
             }
         }
         let written = c.out.write_to(&mut c.stream, &mut self.pool);
+        let paused = c.has(PAUSED);
+        if let (Ok((n, _)), Some(h)) = (&written, c.http.as_mut()) {
+            if *n > 0 && paused {
+                // A client reading the answers to its pipelined requests is
+                // making progress: its request deadline moves with it.
+                h.deadline = self.ms.wrapping_add(millis(self.cfg.handshake_timeout));
+            }
+        }
         if c.has(PAUSED) && c.out.backlog() <= self.cfg.max_buffered / 2 {
             c.flags &= !PAUSED;
             self.pending_reads.push(key as u32);
@@ -704,13 +714,16 @@ impl Core {
             return;
         };
         let conns = &mut self.conns;
-        self.topics.deliver(id, p.seq, |key, pos| {
+        let current = self.topics.deliver(id, p.seq, p.epoch.0, |key, pos| {
             if let Some(c) = conns.get_mut(key) {
                 if let Some(s) = c.subs.iter_mut().find(|s| s.topic == id) {
                     s.pos = pos;
                 }
             }
         });
+        if !current {
+            return;
+        }
         let f: LocalFrame = Rc::new(p.frame().clone().into_shared());
         let mut q = Queues {
             dirty: &mut self.dirty,

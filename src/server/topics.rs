@@ -24,6 +24,9 @@ pub(crate) struct Topic {
     joining: Vec<(u32, u64)>,
     /// The last sequence number delivered on this worker.
     seen: u64,
+    /// The channel's epoch when the topic was created here: publications of
+    /// another (earlier) stream still queued for this worker are dropped.
+    epoch: u64,
 }
 
 #[derive(Default)]
@@ -71,9 +74,9 @@ impl Topics {
         self.list.len()
     }
 
-    /// Add `key` to `name`, receiving publications after `start`; returns
-    /// the subscription to record on the connection.
-    pub fn subscribe(&mut self, name: &str, key: usize, start: u64) -> Sub {
+    /// Add `key` to `name`, receiving publications after `start` of the
+    /// stream `epoch`; returns the subscription to record on the connection.
+    pub fn subscribe(&mut self, name: &str, key: usize, start: u64, epoch: u64) -> Sub {
         let id = match self.by_name.get(name) {
             Some(&id) => id,
             None => {
@@ -83,6 +86,7 @@ impl Topics {
                     subscribers: Vec::new(),
                     joining: Vec::new(),
                     seen: 0,
+                    epoch,
                 }) as u32;
                 self.by_name.insert(name, id);
                 id
@@ -133,15 +137,28 @@ impl Topics {
     /// Publication `seq` of topic `id` is about to be delivered: joiners
     /// whose start is before it become subscribers. `moved(key, pos)` is
     /// told every connection whose recorded position changed.
+    /// False if the publication belongs to another stream than the topic's
+    /// (queued before the channel was forgotten and begun anew): not for
+    /// these subscribers.
     #[inline]
-    pub fn deliver(&mut self, id: u32, seq: u64, moved: impl FnMut(usize, u32)) {
+    pub fn deliver(
+        &mut self,
+        id: u32,
+        seq: u64,
+        epoch: u64,
+        moved: impl FnMut(usize, u32),
+    ) -> bool {
         let Some(t) = self.list.get_mut(id as usize) else {
-            return;
+            return false;
         };
+        if t.epoch != epoch {
+            return false;
+        }
         t.seen = t.seen.max(seq);
         if !t.joining.is_empty() {
             Self::promote(t, seq, moved);
         }
+        true
     }
 
     #[cold]
@@ -167,37 +184,39 @@ mod tests {
     #[test]
     fn joiners_enter_with_the_first_publication_after_their_start() {
         let mut t = Topics::default();
-        let a = t.subscribe("c", 1, 0);
+        let a = t.subscribe("c", 1, 0, 9);
         assert_eq!(
             a.pos, 0,
             "nothing seen yet and start 0: a subscriber at once"
         );
-        t.deliver(a.topic, 1, |_, _| panic!("no joiner"));
-        t.deliver(a.topic, 2, |_, _| panic!("no joiner"));
+        assert!(t.deliver(a.topic, 1, 9, |_, _| panic!("no joiner")));
+        t.deliver(a.topic, 2, 9, |_, _| panic!("no joiner"));
+        // A publication of another stream is not delivered.
+        assert!(!t.deliver(a.topic, 3, 8, |_, _| panic!("no joiner")));
         // Publications 3..=5 may still be queued for this worker.
-        let b = t.subscribe("c", 2, 5);
+        let b = t.subscribe("c", 2, 5, 9);
         assert!(b.pos & JOINING != 0);
         assert_eq!(t.subscribers(a.topic), [1]);
         assert_eq!(t.subscriber_count("c"), 2);
         let mut moves = Vec::new();
         for seq in 3..=5 {
-            t.deliver(a.topic, seq, |k, p| moves.push((k, p)));
+            t.deliver(a.topic, seq, 9, |k, p| moves.push((k, p)));
             assert_eq!(t.subscribers(a.topic), [1], "not before its start ({seq})");
         }
         moves.clear();
-        t.deliver(a.topic, 6, |k, p| moves.push((k, p)));
+        t.deliver(a.topic, 6, 9, |k, p| moves.push((k, p)));
         assert_eq!(t.subscribers(a.topic), [1, 2]);
         assert_eq!(moves, [(2, 1)]);
         // Caught up: the next subscriber at the current position joins at once.
-        let c = t.subscribe("c", 3, 6);
+        let c = t.subscribe("c", 3, 6, 9);
         assert_eq!(c.pos, 2);
     }
 
     #[test]
     fn unsubscribing_a_joiner_and_the_last_subscriber_forgets_the_topic() {
         let mut t = Topics::default();
-        let a = t.subscribe("c", 1, 4);
-        let b = t.subscribe("c", 2, 4);
+        let a = t.subscribe("c", 1, 4, 1);
+        let b = t.subscribe("c", 2, 4, 1);
         assert_eq!(t.unsubscribe(a), Some((2, JOINING)));
         let b = Sub { pos: JOINING, ..b };
         assert_eq!(t.unsubscribe(b), None);
