@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ use crate::broker::history::HistoryConfig;
 use crate::protocol::{HandshakeConfig, HttpLimits};
 use crate::push::channel::Pattern;
 use crate::push::{auth, PushConfig, PushService, Secrets, Shared};
+use crate::server::tls::TlsAcceptor;
 use crate::server::{Config, Handle, Server};
 
 /// Command-line flags of the `wspush` daemon.
@@ -136,6 +138,13 @@ pub struct Args {
     /// its frame, its channel name and 256 B); past it the oldest go first.
     #[arg(long, default_value_t = 64 << 20, env = "WSPUSH_HISTORY_MAX_BYTES")]
     pub history_max_bytes: usize,
+    /// Serve `wss://` and `https://` with this certificate chain (PEM, leaf
+    /// first); needs --tls-key. SIGHUP re-reads both files.
+    #[arg(long, env = "WSPUSH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "WSPUSH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Subcommands.
@@ -596,7 +605,12 @@ pub fn run(mut args: Args) -> io::Result<()> {
         return Ok(());
     }
     raise_open_files_limit();
-    let cfg = args.config();
+    let mut cfg = args.config();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(TlsAcceptor::from_pem_files(cert, key)?)),
+        _ => None,
+    };
+    cfg.tls = tls.clone();
     let shared = Shared::new(args.push_config());
     let s2 = shared.clone();
     let server = Server::builder()
@@ -624,11 +638,24 @@ pub fn run(mut args: Args) -> io::Result<()> {
     // Signals must be blocked before the worker threads exist.
     let reload = {
         let (args, shared) = (args.clone(), shared.clone());
-        move || reload_secrets(&args, &shared)
+        move || {
+            let secret_files = args.jwt_secret_file.is_some() || args.api_key_file.is_some();
+            if secret_files || tls.is_none() {
+                reload_secrets(&args, &shared);
+            }
+            if let (Some(t), Some(cert), Some(key)) = (&tls, &args.tls_cert, &args.tls_key) {
+                match t.reload(cert, key) {
+                    Ok(()) => log::info!("SIGHUP: reloaded the TLS certificate"),
+                    Err(e) => log::error!(
+                        "SIGHUP: TLS certificate not reloaded, the one in force stays: {e}"
+                    ),
+                }
+            }
+        }
     };
     watch_signals(handles, reload)?;
     log::info!(
-        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}, history {}, max-pending-bytes {} B",
+        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}, history {}, max-pending-bytes {} B, tls {}",
         server.local_addr(),
         main_handle.workers(),
         cfg.max_connections,
@@ -655,6 +682,10 @@ pub fn run(mut args: Args) -> io::Result<()> {
             "off".to_string()
         },
         cfg.max_pending_bytes,
+        match &args.tls_cert {
+            Some(c) => format!("on ({})", c.display()),
+            None => "off".to_string(),
+        },
     );
     match (&api, &args.api_key) {
         (Some(a), Some(_)) => log::info!("API on {} (API key required)", a.local_addr()),

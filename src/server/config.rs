@@ -63,6 +63,9 @@ pub struct Config {
     /// Plain HTTP connections (API calls, health checks) still served when
     /// `max_connections` is reached. Default 64.
     pub http_reserve: usize,
+    /// Serve TLS (`wss://`, `https://`) on the listener. Default none.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<super::tls::TlsAcceptor>>,
 }
 
 impl Default for Config {
@@ -87,6 +90,8 @@ impl Default for Config {
             history: HistoryConfig::default(),
             max_pending_bytes: 256 << 20,
             http_reserve: 64,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

@@ -72,6 +72,9 @@ pub(crate) struct Conn {
     pub out: OutQueue,
     pub http: Option<Box<HttpState>>,
     pub subs: Vec<Sub>,
+    /// TLS state, when the server has a certificate.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl Conn {
@@ -87,6 +90,8 @@ impl Conn {
             out: OutQueue::default(),
             http: None,
             subs: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

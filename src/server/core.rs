@@ -23,6 +23,7 @@ use super::outbuf::{BufPool, Flushed, LocalFrame};
 use super::response::Response;
 use super::timers::{millis, Entry, TimerKind, Timers};
 use super::topics::{Sub, Topics};
+use super::transport;
 use crate::broker::{Joined, Position, Publication};
 use crate::protocol::{close, encode, DecoderConfig, OpCode, ProtocolError, Role};
 
@@ -116,7 +117,7 @@ fn admit(c: &mut Conn, key: usize, cause: Cause, q: &mut Queues<'_>) -> Queued {
     if c.out.len() <= q.max_buffered || c.out.backlog() <= q.max_buffered {
         return Queued::Ok;
     }
-    if let Ok((n, _)) = c.out.write_to(&mut c.stream, q.pool) {
+    if let Ok((n, _)) = transport::write(c, q.pool) {
         q.stats.bytes_out_total += n as u64;
     }
     if c.out.backlog() <= q.max_buffered {
@@ -599,7 +600,7 @@ impl Core {
                     .add(TimerKind::Closing, close_at, key, c.generation);
             }
         }
-        let written = c.out.write_to(&mut c.stream, &mut self.pool);
+        let written = transport::write(c, &mut self.pool);
         let paused = c.has(PAUSED);
         if let (Ok((n, _)), Some(h)) = (&written, c.http.as_mut()) {
             if *n > 0 && paused {
@@ -621,6 +622,7 @@ impl Core {
                 if c.has(CLOSE_AFTER_FLUSH) {
                     // The close deadline was set when it began to linger.
                     c.flags &= !CLOSE_AFTER_FLUSH;
+                    transport::close_notify(c);
                     let _ = c.stream.shutdown(Shutdown::Write);
                 }
                 if self.conns.get(key).is_some_and(|c| c.has(WRITE_INTEREST)) {

@@ -20,7 +20,10 @@ mod dispatch;
 mod listener;
 mod outbuf;
 mod timers;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod topics;
+mod transport;
 mod worker;
 
 pub use crate::broker::Published;

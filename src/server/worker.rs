@@ -6,7 +6,7 @@
 //! deadlines; then flush every connection that has output, one `writev`
 //! each; then remove the connections that ended.
 
-use std::io::{self, Read};
+use std::io;
 use std::mem;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -26,6 +26,7 @@ use super::hub::{self, Command, ConnId, Handle, WorkerPart, WorkerStats, WAKER_T
 use super::outbuf::LocalFrame;
 use super::response::Response;
 use super::timers::{millis, TimerKind};
+use super::transport;
 use crate::protocol::close;
 
 const LISTENER: Token = Token(usize::MAX - 2);
@@ -370,6 +371,20 @@ impl<H: Handler> Loop<H> {
                 reserve: slot,
             }));
         }
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = core.cfg.tls.as_ref() {
+            match acceptor.accept() {
+                Ok(t) => conn.tls = Some(t),
+                Err(e) => {
+                    log::warn!("TLS state for a new connection: {e}");
+                    let _ = core.registry.deregister(&mut conn.stream);
+                    if !over {
+                        hub.open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+            }
+        }
         let generation = conn.generation;
         entry.insert(conn);
         if over && !reserve {
@@ -467,10 +482,15 @@ impl<H: Handler> Loop<H> {
             let Some(c) = core.conns.get_mut(key) else {
                 return;
             };
-            match c.stream.read(readbuf) {
-                Ok(0) => return core.kill(key, gone),
-                Ok(n) => {
-                    let full = n == readbuf.len();
+            let read = transport::read(c, readbuf);
+            if transport::wants_write(c) {
+                // TLS has handshake bytes or an alert to send.
+                core.mark_dirty(key);
+            }
+            match read {
+                Ok((0, _)) => return core.kill(key, gone),
+                Ok((n, more)) => {
+                    let full = more;
                     match each(core, app, key, &mut readbuf[..n]) {
                         _ if !full || core.paused(key) => return,
                         After::More => {}
@@ -480,7 +500,13 @@ impl<H: Handler> Loop<H> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return core.kill(key, gone),
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        // A TLS protocol error (the alert is already sent).
+                        log::debug!("conn {}: TLS: {e}", core.id_of(key));
+                    }
+                    return core.kill(key, gone);
+                }
             }
         }
         core.pending_reads.push(key as u32);
