@@ -219,3 +219,38 @@ fn idle_tls_connections_memory() {
     drop(held);
     drop(warm);
 }
+
+#[test]
+fn a_tls_client_over_the_connection_limit_reads_its_503() {
+    let dir = temp_dir("limit");
+    let ca = make_pki(&dir);
+    let d = start_tls(&dir, &["--workers", "1", "--max-connections", "1"]);
+    let _held = wss(d.addr, &ca, "/echo");
+    // The reserve serves plain HTTP over the limit; an upgrade gets 503,
+    // readable through TLS.
+    let mut s = tls_connect(d.addr, &ca).unwrap();
+    s.write_all(
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
+    // With the reserve full too, the refusal is queued at accept, before the
+    // handshake: it still arrives, through TLS, once the handshake is done.
+    let reserve: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(d.addr).unwrap()).collect();
+    assert!(wait_until(IO_TIMEOUT, || {
+        let mut s = match tls_connect(d.addr, &ca) {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 503") && out.contains("connection limit")
+    }));
+    drop(reserve);
+}

@@ -32,6 +32,10 @@ pub(crate) fn write(c: &mut Conn, pool: &mut BufPool) -> io::Result<(usize, Flus
         let (n, flushed) = c.out.write_to(&mut sink, pool)?;
         if flushed == Flushed::All {
             return match sink.drain() {
+                // Plaintext taken before the handshake ends waits inside
+                // rustls: not yet sent (a final answer must not be followed
+                // by our FIN before it went out).
+                Ok(()) if sink.tls.is_handshaking() => Ok((n, Flushed::Blocked)),
                 Ok(()) => Ok((n, Flushed::All)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((n, Flushed::Blocked)),
                 Err(e) => Err(e),
