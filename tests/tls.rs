@@ -230,11 +230,8 @@ fn a_tls_client_over_the_connection_limit_reads_its_503() {
     // readable through TLS.
     let mut s = tls_connect(d.addr, &ca).unwrap();
     s.write_all(
-        format!(
-            "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
+        b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     .unwrap();
     let mut out = String::new();
@@ -242,7 +239,9 @@ fn a_tls_client_over_the_connection_limit_reads_its_503() {
     assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
     // With the reserve full too, the refusal is queued at accept, before the
     // handshake: it still arrives, through TLS, once the handshake is done.
-    let reserve: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(d.addr).unwrap()).collect();
+    let reserve: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(d.addr).unwrap())
+        .collect();
     assert!(wait_until(IO_TIMEOUT, || {
         let mut s = match tls_connect(d.addr, &ca) {
             Ok(s) => s,
