@@ -385,12 +385,17 @@ impl Core {
     /// 1009) and its partial data freed, so the budget holds.
     pub(crate) fn settle_pending(&mut self, key: usize, before: usize) {
         let after = self.held(key);
-        let hub = self.handle.hub().clone();
-        if after <= before {
-            hub.pending.fetch_sub(before - after, Ordering::Relaxed);
+        // Per read: the usual case (a whole message, nothing kept) touches
+        // no shared counter.
+        if after == before {
             return;
         }
-        let total = hub.pending.fetch_add(after - before, Ordering::Relaxed) + (after - before);
+        let pending = &self.handle.hub().pending;
+        if after < before {
+            pending.fetch_sub(before - after, Ordering::Relaxed);
+            return;
+        }
+        let total = pending.fetch_add(after - before, Ordering::Relaxed) + (after - before);
         if total <= self.cfg.max_pending_bytes {
             return;
         }
@@ -426,7 +431,10 @@ impl Core {
             c.http = None;
         }
         let freed = after - self.held(key);
-        hub.pending.fetch_sub(freed, Ordering::Relaxed);
+        self.handle
+            .hub()
+            .pending
+            .fetch_sub(freed, Ordering::Relaxed);
     }
 
     /// Arm an application timer for an open connection.

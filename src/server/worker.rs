@@ -598,11 +598,13 @@ impl<H: Handler> Loop<H> {
                 }
             }
             let held = self.core.held(key);
-            self.core
-                .handle
-                .hub()
-                .pending
-                .fetch_sub(held, Ordering::Relaxed);
+            if held > 0 {
+                self.core
+                    .handle
+                    .hub()
+                    .pending
+                    .fetch_sub(held, Ordering::Relaxed);
+            }
             let mut c = self.core.conns.remove(key);
             for sub in mem::take(&mut c.subs) {
                 self.core.drop_sub(sub);
