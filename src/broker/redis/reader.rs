@@ -114,17 +114,18 @@ fn session(
         .query(&mut data)?;
     let mut ps = ps_con.as_pubsub();
     ps.set_read_timeout(Some(timeout))?;
-    ps.subscribe(&[
-        scripts::node_channel(inner.node),
-        scripts::ALL_NODES.to_string(),
-    ])?;
+    // One channel per SUBSCRIBE: each call then reads its own confirmation,
+    // so a channel is known to be subscribed when the call returns.
+    ps.subscribe(scripts::node_channel(inner.node))?;
+    ps.subscribe(scripts::ALL_NODES)?;
     let names: Vec<Arc<str>> = {
         let chans = inner.chans.lock().unwrap_or_else(|p| p.into_inner());
         chans.keys().cloned().collect()
     };
     if !names.is_empty() {
-        let subs: Vec<String> = names.iter().map(|n| scripts::pubsub_channel(n)).collect();
-        ps.subscribe(subs)?;
+        for n in &names {
+            ps.subscribe(scripts::pubsub_channel(n))?;
+        }
         catch_up(inner, &mut data, &names)?;
     }
     if !inner.reader_up.swap(true, Ordering::SeqCst) && *attempt > 0 {
@@ -151,21 +152,7 @@ fn session(
         }
         if !batch.is_empty() {
             ps.set_read_timeout(Some(timeout))?;
-            let mut subscribe = Vec::new();
-            let mut unsubscribe = Vec::new();
-            handle_jobs(
-                inner,
-                &mut data,
-                &mut batch,
-                &mut subscribe,
-                &mut unsubscribe,
-            )?;
-            if !subscribe.is_empty() {
-                ps.subscribe(subscribe)?;
-            }
-            if !unsubscribe.is_empty() {
-                ps.unsubscribe(unsubscribe)?;
-            }
+            handle_jobs(inner, &mut ps, &mut data, &mut batch)?;
             ps.set_read_timeout(Some(POLL))?;
         }
         // Every message that is there, then the jobs again.
@@ -270,11 +257,12 @@ type PendingJoin = (Arc<str>, Joiner, Option<Position>, Option<usize>, bool);
 /// subscriptions that need one go in one pipeline.
 fn handle_jobs(
     inner: &Inner,
+    ps: &mut ::redis::PubSub<'_>,
     data: &mut Connection,
     batch: &mut Vec<Job>,
-    subscribe: &mut Vec<String>,
-    unsubscribe: &mut Vec<String>,
 ) -> ::redis::RedisResult<()> {
+    let mut subscribe = Vec::new();
+    let mut unsubscribe = Vec::new();
     let workers = inner.hub.workers();
     let mut pipe = ::redis::pipe();
     pipe.ignore_errors();
@@ -331,8 +319,11 @@ fn handle_jobs(
             }
         }
     }
-    // The reads go after the SUBSCRIBE (the caller sends it first): every
-    // publication after the position read is then on its way to us.
+    // The reads go after the SUBSCRIBE is confirmed: every publication
+    // after the position read is then on its way to us.
+    for ch in &subscribe {
+        ps.subscribe(ch)?;
+    }
     let results = if n_reads > 0 {
         reads(data, &pipe)?
     } else {
@@ -394,8 +385,12 @@ fn handle_jobs(
             unsubscribe.push(scripts::pubsub_channel(&ch));
         }
     }
+    drop(chans);
     unsubscribe.sort();
     unsubscribe.dedup();
+    for ch in &unsubscribe {
+        ps.unsubscribe(ch)?;
+    }
     Ok(())
 }
 

@@ -155,9 +155,9 @@ pub fn channel_of(pubsub: &str) -> Option<&str> {
 }
 
 /// The set of live nodes (scored by their last heartbeat, ms).
-pub const NODES_KEY: &str = "wspush:nodes";
-/// Connections per node.
-pub const NODE_CONNS_KEY: &str = "wspush:nodeconns";
+pub const NODES_KEY: &str = "wspush:{nodes}";
+/// Connections per node (same hash tag: one script updates both).
+pub const NODE_CONNS_KEY: &str = "wspush:{nodes}:conns";
 /// Messages for every node (broadcasts).
 pub const ALL_NODES: &str = "wspush:all";
 
