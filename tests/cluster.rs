@@ -157,7 +157,7 @@ fn user_and_connection_pushes_reach_other_nodes() {
             b"{\"hi\":1}",
         );
         assert_eq!(st, 200, "{body}");
-        json(&body)["recipients"].as_u64() == Some(2)
+        json(&body)["nodes"].as_u64() == Some(2)
     });
     assert!(sent, "alice's topic is heard by both nodes");
     let m = next_json(&mut on_a);

@@ -216,6 +216,16 @@ fn answer<T: 'static>(
     }
 }
 
+/// What a publication reached: its subscribers on a single node, the
+/// nodes that hear the channel in a cluster (each node counts its own).
+fn reached(cluster: bool, n: u64) -> String {
+    if cluster {
+        format!("\"nodes\":{n}")
+    } else {
+        format!("\"recipients\":{n}")
+    }
+}
+
 /// 503 for a broker that cannot take the request (nothing was done).
 fn unavailable(e: &Unavailable) -> Response {
     log::debug!("API request refused: {e}");
@@ -234,6 +244,7 @@ fn publish(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> Res
     let opts = PublishOptions::kept(envelope::CHANNEL);
     let shared = svc.shared().clone();
     let name = channel.clone();
+    let cluster = svc.handle().broker().node() != 0;
     answer(
         svc,
         conn,
@@ -247,11 +258,11 @@ fn publish(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> Res
                 Response::json(
                     200,
                     format!(
-                        "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",\"recipients\":{}}}\n",
+                        "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",{}}}\n",
                         json_str(&name),
                         p.seq,
                         p.epoch,
-                        p.recipients
+                        reached(cluster, p.recipients)
                     ),
                 )
             }
@@ -351,6 +362,7 @@ fn user_send(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> R
     let topic = user_topic(&user);
     let opts = PublishOptions::unkept(envelope::DIRECT);
     let shared = svc.shared().clone();
+    let cluster = svc.handle().broker().node() != 0;
     answer(
         svc,
         conn,
@@ -364,9 +376,9 @@ fn user_send(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> R
                 Response::json(
                     200,
                     format!(
-                        "{{\"user\":{},\"recipients\":{}}}\n",
+                        "{{\"user\":{},{}}}\n",
                         json_str(&user),
-                        p.recipients
+                        reached(cluster, p.recipients)
                     ),
                 )
             }
