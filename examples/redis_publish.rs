@@ -45,8 +45,14 @@ fn main() -> std::io::Result<()> {
         workers: 1,
         ..Default::default()
     };
+    // `redis+cluster://host:port,…` names a Redis Cluster's seeds.
+    let cluster = url.strip_prefix("redis+cluster://");
     cfg.redis = Some(RedisConfig {
-        urls: vec![url.clone()],
+        urls: match cluster {
+            Some(seeds) => seeds.split(',').map(|s| format!("redis://{s}")).collect(),
+            None => vec![url.clone()],
+        },
+        cluster: cluster.is_some(),
         timeout: Duration::from_secs(5),
     });
     let server = Server::builder().config(cfg).build(|_, _| Nothing)?;

@@ -140,8 +140,10 @@ pub struct Args {
     pub history_max_bytes: usize,
     /// Join other wspush nodes through Redis, e.g. `redis://127.0.0.1:6379/0`:
     /// channel order, history, user and connection pushes become
-    /// cluster-wide. Without it the node stands alone and needs no Redis.
-    #[arg(long = "redis", env = "WSPUSH_REDIS", value_delimiter = ',')]
+    /// cluster-wide. A Redis Cluster: `redis+cluster://host:port,host:port`
+    /// (seed nodes), or several `--redis` URLs. Without it the node stands
+    /// alone and needs no Redis.
+    #[arg(long = "redis", env = "WSPUSH_REDIS")]
     pub redis: Vec<String>,
     /// How long connecting to Redis, and any one Redis request, may take
     /// (the start fails if Redis cannot be reached in this time).
@@ -313,20 +315,8 @@ impl Args {
         if self.max_connections == Some(0) {
             return Err("--max-connections must be at least 1".into());
         }
-        if self.redis.len() > 1 {
-            return Err(
-                "--redis: one URL (Redis Cluster is not supported yet; use one standalone Redis)"
-                    .into(),
-            );
-        }
-        for url in &self.redis {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://"))
-                || ::redis::Client::open(url.as_str()).is_err()
-            {
-                return Err(format!(
-                    "--redis {url:?}: not a Redis URL (redis://host:port[/db])"
-                ));
-            }
+        if !self.redis.is_empty() {
+            Self::redis_seeds(&self.redis)?;
         }
         if !self.redis.is_empty() && self.redis_timeout.is_zero() {
             return Err("--redis-timeout must be more than 0".into());
@@ -462,12 +452,43 @@ impl Args {
                 ttl: self.history_ttl,
                 max_bytes: self.history_max_bytes,
             },
-            redis: (!self.redis.is_empty()).then(|| crate::broker::redis::RedisConfig {
-                urls: self.redis.clone(),
-                timeout: self.redis_timeout,
+            redis: Self::redis_seeds(&self.redis).ok().map(|(urls, cluster)| {
+                crate::broker::redis::RedisConfig {
+                    urls,
+                    cluster,
+                    timeout: self.redis_timeout,
+                }
             }),
             ..Config::default()
         }
+    }
+
+    /// The seed URLs of `--redis` and whether they name a Redis Cluster.
+    fn redis_seeds(given: &[String]) -> Result<(Vec<String>, bool), String> {
+        let mut urls = Vec::new();
+        let mut cluster = given.len() > 1;
+        for url in given {
+            if let Some(rest) = url.strip_prefix("redis+cluster://") {
+                cluster = true;
+                for hp in rest.split(',') {
+                    urls.push(format!("redis://{hp}"));
+                }
+            } else {
+                urls.push(url.clone());
+            }
+        }
+        for url in &urls {
+            let ok = url.starts_with("redis://") || url.starts_with("rediss://");
+            if !ok || ::redis::Client::open(url.as_str()).is_err() {
+                return Err(format!(
+                "--redis {url:?}: not a Redis URL (redis://host:port[/db], or redis+cluster://host:port,host:port)"
+            ));
+            }
+        }
+        if urls.is_empty() {
+            return Err("--redis: no URL".into());
+        }
+        Ok((urls, cluster))
     }
 
     /// The push service settings these flags describe.

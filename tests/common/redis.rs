@@ -14,6 +14,7 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    cluster: bool,
 }
 
 /// Whether `redis-server` can be run here. Under CI
@@ -61,12 +62,30 @@ impl Redis {
             port,
             dir,
             persistent,
+            cluster: false,
         };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
+        let extra = if self.cluster {
+            vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]
+        } else {
+            Vec::new()
+        };
+        self.spawn_with(&extra);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
+        if !extra.is_empty() {
+            self.cluster = true;
+        }
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -75,6 +94,7 @@ impl Redis {
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        cmd.args(extra);
         if self.persistent {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -124,5 +144,78 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on free loopback ports,
+/// each with an append-only file fsynced on every write.
+pub struct RedisCluster {
+    pub masters: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let mut masters = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("wspush-rcluster-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut r = Redis {
+                child: None,
+                port,
+                dir,
+                persistent: true,
+                cluster: true,
+            };
+            r.spawn_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+            masters.push(r);
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(masters.iter().map(|m| format!("127.0.0.1:{}", m.port)));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { masters };
+        assert!(
+            wait_until(Duration::from_secs(20), || c
+                .masters
+                .iter()
+                .all(|m| m.cli(&["cluster", "info"]).contains("cluster_state:ok"))),
+            "the cluster did not come up"
+        );
+        c
+    }
+
+    /// `redis+cluster://` with every master as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// Wait until every master says the cluster is whole.
+    pub fn wait_ok(&self) -> bool {
+        wait_until(Duration::from_secs(20), || {
+            self.masters
+                .iter()
+                .all(|m| m.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        })
     }
 }

@@ -21,6 +21,7 @@
 
 mod reader;
 pub mod scripts;
+pub mod topology;
 mod writer;
 
 use std::collections::HashMap;
@@ -41,9 +42,13 @@ use crate::server::ConnId;
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]` (the first one is used; a Redis Cluster
-    /// is not supported yet).
+    /// `redis://host:port[/db]`: one standalone Redis, or (with `cluster`)
+    /// seed nodes of a Redis Cluster (the first that answers gives the
+    /// masters).
     pub urls: Vec<String>,
+    /// A Redis Cluster: keys and sharded pub/sub (`SSUBSCRIBE`,
+    /// `SPUBLISH`) go to the master of each channel's hash slot.
+    pub cluster: bool,
     /// How long a connection attempt, and any one request, may take.
     pub timeout: Duration,
 }
@@ -52,6 +57,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
             timeout: Duration::from_secs(2),
         }
     }
@@ -76,9 +82,13 @@ pub(crate) struct Inner {
     node: u16,
     history: HistoryConfig,
     config: RedisConfig,
-    client: ::redis::Client,
-    writer_up: AtomicBool,
-    reader_up: AtomicBool,
+    topology: topology::Topology,
+    /// Per shard: commands (RESP2) and pub/sub (RESP3: messages arrive as
+    /// pushes beside any other reply).
+    clients: Vec<::redis::Client>,
+    feed_clients: Vec<::redis::Client>,
+    writer_up: Vec<AtomicBool>,
+    reader_up: Vec<AtomicBool>,
     /// Why the link is down (for `/healthz`), empty when up.
     reason: Mutex<String>,
     chans: Mutex<HashMap<Arc<str>, Chan>>,
@@ -99,6 +109,25 @@ impl Inner {
 
     fn set_reason(&self, why: &str) {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = why.to_string();
+    }
+
+    /// Whether every shard's writer and reader connections are up.
+    fn all_up(&self) -> bool {
+        self.writer_up
+            .iter()
+            .chain(&self.reader_up)
+            .all(|u| u.load(Ordering::SeqCst))
+    }
+
+    /// Clear the reason once everything is up again.
+    fn settle_reason(&self) {
+        if self.all_up() {
+            self.set_reason("");
+        }
+    }
+
+    fn shard_of(&self, channel: &str) -> usize {
+        self.topology.shard_of(channel)
     }
 
     /// The publication built from a message's parts.
@@ -129,7 +158,8 @@ impl Inner {
 pub struct RedisBroker {
     inner: Arc<Inner>,
     writes: Sender<writer::Job>,
-    reads: Sender<reader::Job>,
+    /// One reader per shard.
+    reads: Vec<Sender<reader::Job>>,
 }
 
 impl RedisBroker {
@@ -140,27 +170,72 @@ impl RedisBroker {
         history: HistoryConfig,
         config: RedisConfig,
     ) -> std::io::Result<RedisBroker> {
-        let url = config
-            .urls
-            .first()
-            .cloned()
-            .ok_or_else(|| std::io::Error::other("no Redis URL"))?;
-        let client = ::redis::Client::open(url.as_str())
-            .map_err(|e| std::io::Error::other(format!("Redis URL {url}: {e}")))?;
-        let mut con = client
-            .get_connection_with_timeout(config.timeout)
-            .map_err(|e| std::io::Error::other(format!("Redis at {url}: {e}")))?;
-        let node = writer::claim_node(&mut con)
-            .map_err(|e| std::io::Error::other(format!("Redis at {url}: {e}")))?;
+        let err = |what: &str, e: &dyn std::fmt::Display| {
+            std::io::Error::other(format!("Redis at {what}: {e}"))
+        };
+        let mut first_error = None;
+        let mut found = None;
+        for url in &config.urls {
+            let attempt = ::redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(config.timeout))
+                .and_then(|mut con| {
+                    let t = if config.cluster {
+                        topology::Topology::discover(&mut con)?
+                    } else {
+                        topology::Topology::single(url)
+                    };
+                    Ok((t, con))
+                });
+            match attempt {
+                Ok(f) => {
+                    found = Some(f);
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(err(url, &e));
+                }
+            }
+        }
+        let Some((topology, seed)) = found else {
+            return Err(first_error.unwrap_or_else(|| std::io::Error::other("no Redis URL")));
+        };
+        let db_suffix = |url: &str| -> String {
+            // The standalone URL as given (db, password); RESP3 for the feed.
+            if url.contains('?') {
+                format!("{url}&protocol=resp3")
+            } else {
+                format!("{url}?protocol=resp3")
+            }
+        };
+        let mut clients = Vec::new();
+        let mut feed_clients = Vec::new();
+        for url in &topology.shards {
+            clients.push(::redis::Client::open(url.as_str()).map_err(|e| err(url, &e))?);
+            feed_clients
+                .push(::redis::Client::open(db_suffix(url).as_str()).map_err(|e| err(url, &e))?);
+        }
+        // The node id is claimed on the shard that holds the node set.
+        let mut con = if topology.cluster {
+            let i = topology.shard_of("nodes");
+            clients[i]
+                .get_connection_with_timeout(config.timeout)
+                .map_err(|e| err(&topology.shards[i], &e))?
+        } else {
+            seed
+        };
+        let node = writer::claim_node(&mut con).map_err(|e| err("claiming a node id", &e))?;
         ConnId::set_node(node);
+        let shards = topology.shards.len();
         let inner = Arc::new(Inner {
             hub,
             node,
             history,
             config,
-            client,
-            writer_up: AtomicBool::new(true),
-            reader_up: AtomicBool::new(false),
+            topology,
+            clients,
+            feed_clients,
+            writer_up: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            reader_up: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             reason: Mutex::new(String::new()),
             chans: Mutex::new(HashMap::new()),
             subscriptions: AtomicU64::new(0),
@@ -168,25 +243,44 @@ impl RedisBroker {
             stop: AtomicBool::new(false),
         });
         let (wtx, wrx) = crossbeam_channel::unbounded();
-        let (rtx, rrx) = crossbeam_channel::unbounded();
         let w = inner.clone();
         std::thread::Builder::new()
             .name("wspush-redis-writer".into())
-            .spawn(move || writer::run(w, con, wrx))?;
-        let r = inner.clone();
-        std::thread::Builder::new()
-            .name("wspush-redis-reader".into())
-            .spawn(move || reader::run(r, rrx))?;
-        // The reader subscribes before this node takes connections.
+            .spawn(move || writer::run(w, wrx))?;
+        let mut reads = Vec::new();
+        for shard in 0..shards {
+            let (rtx, rrx) = crossbeam_channel::unbounded();
+            let r = inner.clone();
+            std::thread::Builder::new()
+                .name(format!("wspush-redis-reader-{shard}"))
+                .spawn(move || reader::run(r, shard, rrx))?;
+            reads.push(rtx);
+        }
+        // Every shard connected before this node takes connections.
         let deadline = std::time::Instant::now() + inner.config.timeout;
-        while !inner.reader_up.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        while !inner.all_up() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        log::info!("Redis broker: node {node} on {url}");
+        if !inner.all_up() {
+            return Err(std::io::Error::other(format!(
+                "Redis: not every shard answered within {:?}",
+                inner.config.timeout
+            )));
+        }
+        log::info!(
+            "Redis broker: node {node} on {} ({} shard{})",
+            if inner.topology.cluster {
+                "a Redis Cluster"
+            } else {
+                inner.topology.shards[0].as_str()
+            },
+            shards,
+            if shards == 1 { "" } else { "s" }
+        );
         Ok(RedisBroker {
             inner,
             writes: wtx,
-            reads: rtx,
+            reads,
         })
     }
 }
@@ -205,7 +299,7 @@ impl Broker for RedisBroker {
         data: &[u8],
         later: &mut dyn FnMut() -> Reply<Published>,
     ) -> Answer<Published> {
-        if !self.inner.writer_up.load(Ordering::Relaxed) {
+        if !self.inner.writer_up[self.inner.shard_of(channel)].load(Ordering::Relaxed) {
             return Answer::Now(Err(self.inner.unavailable()));
         }
         let job = writer::Job::Publish {
@@ -222,7 +316,8 @@ impl Broker for RedisBroker {
     }
 
     fn join(&self, channel: &str, who: Joiner, since: Option<Position>) -> Answer<Joined> {
-        if !self.inner.reader_up.load(Ordering::Relaxed) {
+        let shard = self.inner.shard_of(channel);
+        if !self.inner.reader_up[shard].load(Ordering::Relaxed) {
             return Answer::Now(Err(self.inner.unavailable()));
         }
         let job = reader::Job::Join {
@@ -230,14 +325,14 @@ impl Broker for RedisBroker {
             who,
             since,
         };
-        match self.reads.send(job) {
+        match self.reads[shard].send(job) {
             Ok(()) => Answer::Later,
             Err(_) => Answer::Now(Err(self.inner.unavailable())),
         }
     }
 
     fn leave(&self, channel: &str, worker: usize) {
-        let _ = self.reads.send(reader::Job::Leave {
+        let _ = self.reads[self.inner.shard_of(channel)].send(reader::Job::Leave {
             channel: Arc::from(channel),
             worker,
         });
@@ -250,7 +345,7 @@ impl Broker for RedisBroker {
         limit: usize,
         later: &mut dyn FnMut() -> Reply<HistoryPage>,
     ) -> Answer<HistoryPage> {
-        if !self.inner.writer_up.load(Ordering::Relaxed) {
+        if !self.inner.writer_up[self.inner.shard_of(channel)].load(Ordering::Relaxed) {
             return Answer::Now(Err(self.inner.unavailable()));
         }
         let job = writer::Job::History {
@@ -307,7 +402,7 @@ impl Broker for RedisBroker {
     }
 
     fn relay(&self, msg: Relay, later: &mut dyn FnMut() -> Reply<u64>) -> Answer<u64> {
-        if !self.inner.writer_up.load(Ordering::Relaxed) {
+        if !self.inner.writer_up[0].load(Ordering::Relaxed) {
             return Answer::Now(Err(self.inner.unavailable()));
         }
         match self.writes.send(writer::Job::Relay(msg, later())) {
@@ -317,9 +412,7 @@ impl Broker for RedisBroker {
     }
 
     fn health(&self) -> Health {
-        let w = self.inner.writer_up.load(Ordering::Relaxed);
-        let r = self.inner.reader_up.load(Ordering::Relaxed);
-        if w && r {
+        if self.inner.all_up() {
             Health::Ok
         } else {
             Health::Degraded(self.inner.unavailable().0.to_string())

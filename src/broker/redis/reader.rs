@@ -2,12 +2,12 @@
 //! the answers to subscriptions and the delivery of every message to the
 //! workers, in seq order, once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::{cmd, Connection, Msg, Value};
+use ::redis::{cmd, Connection, PushKind, Value};
 use crossbeam_channel::Receiver;
 
 use super::scripts::{self, META_TTL_MS};
@@ -35,19 +35,18 @@ const POLL: Duration = Duration::from_millis(5);
 /// Most jobs handled in one go.
 const BATCH: usize = 1024;
 
-pub(crate) fn run(inner: Arc<Inner>, jobs: Receiver<Job>) {
+pub(crate) fn run(inner: Arc<Inner>, shard: usize, jobs: Receiver<Job>) {
     let mut attempt = 0u32;
-    let mut was_up = false;
     while !inner.stop.load(Ordering::Relaxed) {
-        match session(&inner, &jobs, &mut attempt) {
+        match session(&inner, shard, &jobs, &mut attempt) {
             Ok(()) => return,
             Err(e) => {
-                if inner.reader_up.swap(false, Ordering::SeqCst) || !was_up {
+                if inner.reader_up[shard].swap(false, Ordering::SeqCst) {
                     log::error!(
-                        "Redis: subscriber connection lost ({e}); subscriptions wait, deliveries resume when it is back"
+                        "Redis: subscriber connection to {} lost ({e}); subscriptions wait, deliveries resume when it is back",
+                        inner.topology.shards[shard]
                     );
                 }
-                was_up = true;
                 inner.set_reason(&e.to_string());
                 // Subscriptions asked meanwhile are refused; leaves count.
                 while let Ok(j) = jobs.try_recv() {
@@ -96,49 +95,154 @@ fn leave(inner: &Inner, channel: &str, worker: usize) -> bool {
     false
 }
 
+/// A pub/sub connection speaking RESP3: messages arrive as pushes, and
+/// `SUBSCRIBE` / `SSUBSCRIBE` (sharded, on a Redis Cluster) are answered
+/// by a push confirming each channel.
+pub(crate) struct Feed {
+    con: Connection,
+    /// Messages read while waiting for a confirmation.
+    early: VecDeque<(String, Vec<u8>)>,
+    sharded: bool,
+}
+
+impl Feed {
+    fn open(inner: &Inner, shard: usize) -> ::redis::RedisResult<Feed> {
+        let timeout = inner.config.timeout;
+        let con = inner.feed_clients[shard].get_connection_with_timeout(timeout)?;
+        con.set_write_timeout(Some(timeout))?;
+        con.set_read_timeout(Some(timeout))?;
+        Ok(Feed {
+            con,
+            early: VecDeque::new(),
+            sharded: inner.topology.cluster,
+        })
+    }
+
+    fn message(kind: &PushKind, data: Vec<Value>) -> Option<(String, Vec<u8>)> {
+        if !matches!(kind, PushKind::Message | PushKind::SMessage) {
+            return None;
+        }
+        let mut it = data.into_iter();
+        let ch = match it.next()? {
+            Value::BulkString(b) => String::from_utf8(b).ok()?,
+            Value::SimpleString(s) => s,
+            _ => return None,
+        };
+        let body = match it.next()? {
+            Value::BulkString(b) => b,
+            _ => return None,
+        };
+        Some((ch, body))
+    }
+
+    /// (Un)subscribe one channel and wait for Redis to confirm it.
+    fn change(&mut self, channel: &str, on: bool, sharded: bool) -> ::redis::RedisResult<()> {
+        let (name, want) = match (on, sharded) {
+            (true, true) => ("SSUBSCRIBE", PushKind::SSubscribe),
+            (true, false) => ("SUBSCRIBE", PushKind::Subscribe),
+            (false, true) => ("SUNSUBSCRIBE", PushKind::SUnsubscribe),
+            (false, false) => ("UNSUBSCRIBE", PushKind::Unsubscribe),
+        };
+        self.con
+            .send_packed_command(&cmd(name).arg(channel).get_packed_command())?;
+        loop {
+            match self.con.recv_response()? {
+                Value::Push { kind, data } if kind == want => {
+                    if matches!(data.first(), Some(Value::BulkString(b)) if b == channel.as_bytes())
+                    {
+                        return Ok(());
+                    }
+                }
+                Value::Push { kind, data } => {
+                    if let Some(m) = Self::message(&kind, data) {
+                        self.early.push_back(m);
+                    }
+                }
+                Value::ServerError(e) => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscribe a channel of ours (sharded on a cluster).
+    fn subscribe(&mut self, channel: &str) -> ::redis::RedisResult<()> {
+        let sharded = self.sharded;
+        self.change(channel, true, sharded)
+    }
+
+    fn unsubscribe(&mut self, channel: &str) -> ::redis::RedisResult<()> {
+        let sharded = self.sharded;
+        self.change(channel, false, sharded)
+    }
+
+    /// The next message; `None` when none came within the read timeout.
+    fn next(&mut self) -> ::redis::RedisResult<Option<(String, Vec<u8>)>> {
+        if let Some(m) = self.early.pop_front() {
+            return Ok(Some(m));
+        }
+        loop {
+            match self.con.recv_response() {
+                Ok(Value::Push { kind, data }) => {
+                    if let Some(m) = Self::message(&kind, data) {
+                        return Ok(Some(m));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.is_timeout() => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn set_read_timeout(&self, t: Duration) -> ::redis::RedisResult<()> {
+        self.con.set_read_timeout(Some(t))
+    }
+}
+
 /// One connected period: subscribe, catch up, then serve until an error.
 fn session(
     inner: &Arc<Inner>,
+    shard: usize,
     jobs: &Receiver<Job>,
     attempt: &mut u32,
 ) -> ::redis::RedisResult<()> {
     let timeout = inner.config.timeout;
-    let mut ps_con = inner.client.get_connection_with_timeout(timeout)?;
-    ps_con.set_write_timeout(Some(timeout))?;
-    let mut data = inner.client.get_connection_with_timeout(timeout)?;
+    let mut feed = Feed::open(inner, shard)?;
+    let mut data = inner.clients[shard].get_connection_with_timeout(timeout)?;
     data.set_read_timeout(Some(timeout))?;
     data.set_write_timeout(Some(timeout))?;
     let _: String = cmd("SCRIPT")
         .arg("LOAD")
         .arg(scripts::READ_LUA)
         .query(&mut data)?;
-    let mut ps = ps_con.as_pubsub();
-    ps.set_read_timeout(Some(timeout))?;
-    // One channel per SUBSCRIBE: each call then reads its own confirmation,
-    // so a channel is known to be subscribed when the call returns.
-    ps.subscribe(scripts::node_channel(inner.node))?;
-    ps.subscribe(scripts::ALL_NODES)?;
+    if shard == 0 {
+        // Messages for this node, and broadcasts: classic pub/sub, which a
+        // cluster delivers from any master.
+        feed.change(&scripts::node_channel(inner.node), true, false)?;
+        feed.change(scripts::ALL_NODES, true, false)?;
+    }
     let names: Vec<Arc<str>> = {
         let chans = inner.chans.lock().unwrap_or_else(|p| p.into_inner());
-        chans.keys().cloned().collect()
+        chans
+            .keys()
+            .filter(|k| inner.shard_of(k) == shard)
+            .cloned()
+            .collect()
     };
-    if !names.is_empty() {
-        for n in &names {
-            ps.subscribe(scripts::pubsub_channel(n))?;
-        }
-        catch_up(inner, &mut data, &names)?;
+    for n in &names {
+        feed.subscribe(&scripts::pubsub_channel(n))?;
     }
-    if !inner.reader_up.swap(true, Ordering::SeqCst) && *attempt > 0 {
+    catch_up(inner, &mut data, &names)?;
+    if !inner.reader_up[shard].swap(true, Ordering::SeqCst) && *attempt > 0 {
         log::warn!(
-            "Redis: subscriber connected again; {} channels caught up",
+            "Redis: subscriber connected again to {}; {} channels caught up",
+            inner.topology.shards[shard],
             names.len()
         );
     }
-    if inner.writer_up.load(Ordering::SeqCst) {
-        inner.set_reason("");
-    }
+    inner.settle_reason();
     *attempt = 0;
-    ps.set_read_timeout(Some(POLL))?;
+    feed.set_read_timeout(POLL)?;
     let mut batch = Vec::with_capacity(64);
     loop {
         if inner.stop.load(Ordering::Relaxed) {
@@ -151,16 +255,15 @@ fn session(
             }
         }
         if !batch.is_empty() {
-            ps.set_read_timeout(Some(timeout))?;
-            handle_jobs(inner, &mut ps, &mut data, &mut batch)?;
-            ps.set_read_timeout(Some(POLL))?;
+            feed.set_read_timeout(timeout)?;
+            handle_jobs(inner, &mut feed, &mut data, &mut batch)?;
+            feed.set_read_timeout(POLL)?;
         }
         // Every message that is there, then the jobs again.
         loop {
-            match ps.get_message() {
-                Ok(m) => on_message(inner, &mut data, &m)?,
-                Err(e) if e.is_timeout() => break,
-                Err(e) => return Err(e),
+            match feed.next()? {
+                Some((name, body)) => on_message(inner, &mut data, &name, &body)?,
+                None => break,
             }
             if !jobs.is_empty() {
                 break;
@@ -257,7 +360,7 @@ type PendingJoin = (Arc<str>, Joiner, Option<Position>, Option<usize>, bool);
 /// subscriptions that need one go in one pipeline.
 fn handle_jobs(
     inner: &Inner,
-    ps: &mut ::redis::PubSub<'_>,
+    ps: &mut Feed,
     data: &mut Connection,
     batch: &mut Vec<Job>,
 ) -> ::redis::RedisResult<()> {
@@ -454,9 +557,12 @@ fn reset(inner: &Inner, channel: &Arc<str>, position: Position) {
     }
 }
 
-fn on_message(inner: &Inner, data: &mut Connection, m: &Msg) -> ::redis::RedisResult<()> {
-    let name = m.get_channel_name();
-    let body = m.get_payload_bytes();
+fn on_message(
+    inner: &Inner,
+    data: &mut Connection,
+    name: &str,
+    body: &[u8],
+) -> ::redis::RedisResult<()> {
     let Some(channel) = scripts::channel_of(name) else {
         relayed(inner, body);
         return Ok(());

@@ -25,7 +25,9 @@
 pub const META_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// `KEYS`: meta, history. `ARGV`: pubsub channel, data, keep (0/1),
-/// history size, history ttl ms, new epoch, format, meta ttl ms.
+/// history size, history ttl ms, new epoch, format, meta ttl ms, and the
+/// publishing command (`PUBLISH`, or `SPUBLISH` on a Redis Cluster: the
+/// channel shares the keys' hash slot, so its shard delivers it).
 /// Returns `{seq, epoch, receivers}`.
 pub const PUBLISH_LUA: &str = r#"
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -47,7 +49,7 @@ if ARGV[3] == '1' then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 't', now, 'f', ARGV[7], 'd', ARGV[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
-local n = redis.call('PUBLISH', ARGV[1], seq .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n' .. ARGV[2])
+local n = redis.call(ARGV[9], ARGV[1], seq .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n' .. ARGV[2])
 return {seq, epoch, n}
 "#;
 

@@ -83,7 +83,25 @@ struct Shas {
     heartbeat: String,
 }
 
-pub(crate) fn run(inner: Arc<Inner>, con: Connection, jobs: Receiver<Job>) {
+/// One shard's connection and its reconnection schedule.
+struct Link {
+    con: Option<Connection>,
+    attempt: u32,
+    retry_at: Instant,
+}
+
+impl Job {
+    /// The shard the job goes to (relays: the first; classic pub/sub
+    /// reaches every node of a cluster from any master).
+    fn shard(&self, inner: &Inner) -> usize {
+        match self {
+            Job::Publish { channel, .. } | Job::History { channel, .. } => inner.shard_of(channel),
+            Job::Relay(..) => 0,
+        }
+    }
+}
+
+pub(crate) fn run(inner: Arc<Inner>, jobs: Receiver<Job>) {
     let shas = Shas {
         publish: ::redis::Script::new(scripts::PUBLISH_LUA)
             .get_hash()
@@ -95,41 +113,67 @@ pub(crate) fn run(inner: Arc<Inner>, con: Connection, jobs: Receiver<Job>) {
             .get_hash()
             .to_string(),
     };
-    let mut con = Some(con);
-    let mut attempt = 0u32;
+    let shards = inner.topology.shards.len();
+    let now = Instant::now();
+    let mut links: Vec<Link> = (0..shards)
+        .map(|_| Link {
+            con: None,
+            attempt: 0,
+            retry_at: now,
+        })
+        .collect();
+    let beat_shard = inner.shard_of("nodes");
     let mut next_beat = Instant::now();
-    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut groups: Vec<Vec<Job>> = (0..shards).map(|_| Vec::with_capacity(BATCH)).collect();
+    let mut started = false;
     while !inner.stop.load(Ordering::Relaxed) {
-        let Some(c) = con.as_mut() else {
-            // Down: refuse what waits, then try again after the backoff.
-            while let Ok(j) = jobs.try_recv() {
-                j.refuse(inner.unavailable());
+        // Reconnect the shards that are due.
+        let now = Instant::now();
+        for (i, l) in links.iter_mut().enumerate() {
+            if l.con.is_some() || now < l.retry_at {
+                continue;
             }
-            std::thread::sleep(backoff(attempt));
-            attempt += 1;
-            match connect(&inner) {
+            match connect(&inner, i) {
                 Ok(c) => {
-                    log::warn!("Redis: writer connected again; publishing resumes");
-                    con = Some(c);
-                    attempt = 0;
-                    inner.writer_up.store(true, Ordering::SeqCst);
-                    if inner.reader_up.load(Ordering::SeqCst) {
-                        inner.set_reason("");
+                    if started {
+                        log::warn!(
+                            "Redis: writer connected again to {}; publishing resumes",
+                            inner.topology.shards[i]
+                        );
                     }
+                    l.con = Some(c);
+                    l.attempt = 0;
+                    inner.writer_up[i].store(true, Ordering::SeqCst);
+                    inner.settle_reason();
                 }
-                Err(e) => inner.set_reason(&e.to_string()),
+                Err(e) => {
+                    inner.set_reason(&e.to_string());
+                    l.retry_at = now + backoff(l.attempt);
+                    l.attempt += 1;
+                }
             }
-            continue;
-        };
-        let wait = next_beat.saturating_duration_since(Instant::now());
+        }
+        started = true;
+        let down = links.iter().any(|l| l.con.is_none());
+        let mut wait = next_beat.saturating_duration_since(Instant::now());
+        if down {
+            wait = wait.min(Duration::from_millis(50));
+        }
+        let mut n = 0;
         match jobs.recv_timeout(wait) {
-            Ok(j) => batch.push(j),
+            Ok(j) => {
+                groups[j.shard(&inner)].push(j);
+                n += 1;
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        while batch.len() < BATCH {
+        while n < BATCH {
             match jobs.try_recv() {
-                Ok(j) => batch.push(j),
+                Ok(j) => {
+                    groups[j.shard(&inner)].push(j);
+                    n += 1;
+                }
                 Err(_) => break,
             }
         }
@@ -137,22 +181,34 @@ pub(crate) fn run(inner: Arc<Inner>, con: Connection, jobs: Receiver<Job>) {
         if beat {
             next_beat = Instant::now() + HEARTBEAT;
         }
-        if let Err(e) = send(&inner, c, &shas, &mut batch, beat) {
-            log::error!("Redis: writer lost its connection ({e}); publications are refused until it is back");
-            inner.set_reason(&e.to_string());
-            inner.writer_up.store(false, Ordering::SeqCst);
-            for j in batch.drain(..) {
-                j.refuse(inner.unavailable());
+        for (i, l) in links.iter_mut().enumerate() {
+            let batch = &mut groups[i];
+            let Some(c) = l.con.as_mut() else {
+                for j in batch.drain(..) {
+                    j.refuse(inner.unavailable());
+                }
+                continue;
+            };
+            if let Err(e) = send(&inner, c, &shas, batch, beat && i == beat_shard) {
+                log::error!(
+                    "Redis: writer lost its connection to {} ({e}); its publications are refused until it is back",
+                    inner.topology.shards[i]
+                );
+                inner.set_reason(&e.to_string());
+                inner.writer_up[i].store(false, Ordering::SeqCst);
+                for j in batch.drain(..) {
+                    j.refuse(inner.unavailable());
+                }
+                l.con = None;
+                l.retry_at = Instant::now() + backoff(0);
+                l.attempt = 1;
             }
-            con = None;
         }
     }
 }
 
-fn connect(inner: &Inner) -> ::redis::RedisResult<Connection> {
-    let mut c = inner
-        .client
-        .get_connection_with_timeout(inner.config.timeout)?;
+fn connect(inner: &Inner, shard: usize) -> ::redis::RedisResult<Connection> {
+    let mut c = inner.clients[shard].get_connection_with_timeout(inner.config.timeout)?;
     c.set_read_timeout(Some(inner.config.timeout))?;
     c.set_write_timeout(Some(inner.config.timeout))?;
     load_scripts(&mut c)?;
@@ -195,7 +251,12 @@ fn send(
                     .arg(ttl.max(1))
                     .arg(Epoch::random().to_string())
                     .arg(format.0)
-                    .arg(META_TTL_MS);
+                    .arg(META_TTL_MS)
+                    .arg(if inner.topology.cluster {
+                        "SPUBLISH"
+                    } else {
+                        "PUBLISH"
+                    });
             }
             Job::History {
                 channel,
