@@ -110,23 +110,27 @@ return out
 "#;
 
 /// `KEYS`: node set, node info hash. `ARGV`: node id, connections,
-/// expiry ms. Returns `{now_ms, {id, last_ms, ...}, {id, conns, ...}}`
-/// after dropping nodes silent past the expiry.
+/// expiry ms. Returns `{now_ms, {id, last_ms, ...}, {id, conns, ...}}` of
+/// the nodes heard within the expiry. Ids silent for a day are forgotten
+/// (until then [`CLAIM_LUA`] does not hand them out again).
 pub const HEARTBEAT_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
 for _, id in ipairs(gone) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
 end
-return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[2])}
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf', 'WITHSCORES')
+return {now, live, redis.call('HGETALL', KEYS[2])}
 "#;
 
-/// `KEYS`: node set. `ARGV`: candidate id, expiry ms. 1 if the id was free
-/// (and is now taken), else 0.
+/// `KEYS`: node set. `ARGV`: candidate id, quarantine ms. 1 if the id was
+/// free (never used, or silent for longer than the quarantine, so that
+/// connection ids of a dead node are not taken for a new node's) and is
+/// now taken, else 0.
 pub const CLAIM_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)

@@ -47,6 +47,11 @@ const BATCH: usize = 512;
 /// How often the node says it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// How long the id of a node that went silent is not handed out again
+/// (connection ids carry it: a relay meant for a dead node's connection
+/// must not reach a new node's).
+const NODE_ID_QUARANTINE_MS: u64 = 3_600_000;
+
 /// Pick a free node id (1..=4095) and take it.
 pub(crate) fn claim_node(con: &mut Connection) -> ::redis::RedisResult<u16> {
     let claim = ::redis::Script::new(scripts::CLAIM_LUA);
@@ -56,7 +61,7 @@ pub(crate) fn claim_node(con: &mut Connection) -> ::redis::RedisResult<u16> {
         let took: i64 = claim
             .key(scripts::NODES_KEY)
             .arg(id)
-            .arg(NODE_EXPIRY_MS)
+            .arg(NODE_ID_QUARANTINE_MS)
             .invoke(con)?;
         if took == 1 {
             return Ok(id);
