@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::server::Frame;
+use crate::server::{ConnId, Frame};
 
 pub use local::LocalBroker;
 
@@ -90,6 +90,8 @@ pub struct Publication {
     pub epoch: Epoch,
     frame: Frame,
     payload: Range<u32>,
+    /// A connection that must not receive it (`PublishOptions::exclude`).
+    pub(crate) exclude: Option<ConnId>,
 }
 
 impl Publication {
@@ -146,11 +148,17 @@ impl Encoded {
 pub struct PublishOptions {
     /// Record it in the channel's history (when history is enabled).
     pub history: bool,
+    /// A subscriber that must not receive it (e.g. the sender of a Pusher
+    /// client event, or the `socket_id` of a trigger: Echo's `toOthers()`).
+    pub exclude: Option<ConnId>,
 }
 
 impl Default for PublishOptions {
     fn default() -> Self {
-        PublishOptions { history: true }
+        PublishOptions {
+            history: true,
+            exclude: None,
+        }
     }
 }
 
@@ -268,6 +276,7 @@ mod tests {
             epoch: Epoch(1),
             frame: e.frame,
             payload: e.payload.start as u32..e.payload.end as u32,
+            exclude: None,
         };
         assert_eq!(p.payload(), b"hello");
     }
