@@ -357,3 +357,88 @@ fn start_refuses_bad_pusher_flags() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
     let _ = Duration::ZERO;
 }
+
+/// Server memory per idle connection subscribed to one channel: Pusher
+/// (`/app/{key}`, `pusher:subscribe`) beside the native protocol
+/// (`/ws?channel=`). Prints both (BENCHMARKS.md quotes them).
+#[test]
+fn idle_pusher_connection_memory() {
+    let n = 2000;
+    let measure = |pusher: bool| -> u64 {
+        let d = Daemon::start(&["--pusher-app", APP, "--workers", "1"]);
+        let pid = d.child.id();
+        let open = |i: usize| {
+            if pusher {
+                let (mut ws, _) = connect(&d);
+                let ch = format!("idle-{}", i % 10);
+                send(
+                    &mut ws,
+                    &format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{ch}"}}}}"#),
+                );
+                assert_eq!(
+                    text(&mut ws)["event"],
+                    "pusher_internal:subscription_succeeded"
+                );
+                ws
+            } else {
+                let mut ws = ws(&d, &format!("/ws?channel=idle-{}", i % 10));
+                assert_eq!(text(&mut ws)["op"], "welcome");
+                assert_eq!(text(&mut ws)["op"], "subscribed");
+                ws
+            }
+        };
+        let warm: Vec<_> = (0..100).map(open).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let before = rss_kib(pid);
+        let held: Vec<_> = (0..n).map(open).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let per = rss_kib(pid).saturating_sub(before) * 1024 / n as u64;
+        drop(held);
+        drop(warm);
+        per
+    };
+    let native = measure(false);
+    let pusher = measure(true);
+    eprintln!(
+        "idle connection subscribed to one channel ({n} connections): \
+         Pusher {pusher} B of server RSS each, native /ws {native} B"
+    );
+    assert!(pusher < 16 * 1024, "{pusher} B per idle Pusher connection");
+}
+
+#[test]
+fn presence_cap_and_cache_miss() {
+    let d = Daemon::start(&["--pusher-app", APP, "--pusher-max-presence-members", "1"]);
+    let join = |user: &str| {
+        let (mut ws, sid) = connect(&d);
+        let cd = format!(r#"{{"user_id":"{user}","user_info":{{"n":"{user}"}}}}"#);
+        let sig = hmac("app-secret", &format!("{sid}:presence-capped:{cd}"));
+        let msg = serde_json::json!({"event":"pusher:subscribe","data":{
+            "channel":"presence-capped","auth":format!("app-key:{sig}"),"channel_data":cd}});
+        send(&mut ws, &msg.to_string());
+        let answer = text(&mut ws);
+        (ws, answer)
+    };
+    let (_a, first) = join("1");
+    assert_eq!(first["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(data(&first)["presence"]["count"], 1);
+    // A second tab of the same user is not a new member.
+    let (_a2, again) = join("1");
+    assert_eq!(again["event"], "pusher_internal:subscription_succeeded");
+    let (_b, full) = join("2");
+    assert_eq!(full["event"], "pusher:subscription_error", "{full}");
+    assert_eq!(data(&full)["status"], 403);
+    // A cache channel with nothing published yet: succeeded, then cache_miss.
+    let (mut ws, _) = connect(&d);
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"cache-empty"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let miss = text(&mut ws);
+    assert_eq!(miss["event"], "pusher:cache_miss");
+    assert_eq!(miss["channel"], "cache-empty");
+}

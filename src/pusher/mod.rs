@@ -48,6 +48,8 @@ pub struct PusherConfig {
     pub max_event_size: usize,
     /// Most channels one connection may subscribe to.
     pub max_channels_per_conn: usize,
+    /// Most members (users) of one presence channel.
+    pub max_presence_members: usize,
     /// Where webhooks go.
     pub webhook: Option<webhook::Target>,
 }
@@ -61,6 +63,7 @@ impl Default for PusherConfig {
             activity_timeout: Duration::from_secs(120),
             max_event_size: 10 * 1024,
             max_channels_per_conn: 128,
+            max_presence_members: 100,
             webhook: None,
         }
     }
@@ -357,7 +360,8 @@ impl Pusher {
             user_id: u,
             info: i,
         });
-        let sub = self.membership.join(&topic, mref, |j, snapshot| {
+        let max = self.cfg.max_presence_members;
+        let sub = self.membership.join(&topic, mref, max, |j, snapshot| {
             let joined = ctx.subscribe_since(&topic, since);
             if j.member_added {
                 if let Some((u, i)) = &member {
@@ -373,7 +377,10 @@ impl Pusher {
             }
             (j, snapshot, joined)
         });
-        let (j, snapshot, joined) = sub;
+        let Some((j, snapshot, joined)) = sub else {
+            let why = format!("presence channel full ({max} members)");
+            return fail(ctx, "LimitReached", &why, 403);
+        };
         c.channels.push((
             channel.as_str().into(),
             member.as_ref().map(|(u, _)| u.as_str().into()),
@@ -615,6 +622,9 @@ fn presence_member(data: &str) -> Result<(String, String), &'static str> {
     if id.len() > 128 {
         return Err("user_id is longer than 128 characters");
     }
+    if data.len() > 1024 + 256 {
+        return Err("channel_data is over the limit (user_info at most 1 KB)");
+    }
     // user_info as received (its exact text), or null.
     let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
         serde_json::from_str(data).map_err(|_| "channel_data must be a JSON object")?;
@@ -654,6 +664,14 @@ pub struct PusherArgs {
     /// Largest event data (HTTP API → 413, client events → 4301), bytes.
     #[arg(long, default_value_t = 10 * 1024, env = "WSPUSH_PUSHER_MAX_EVENT_SIZE")]
     pub pusher_max_event_size: usize,
+    /// Most members (distinct users) of one presence channel; a new user
+    /// beyond it gets a subscription_error (status 403).
+    #[arg(
+        long,
+        default_value_t = 100,
+        env = "WSPUSH_PUSHER_MAX_PRESENCE_MEMBERS"
+    )]
+    pub pusher_max_presence_members: usize,
     /// POST webhooks (channel_occupied, channel_vacated, member_added,
     /// member_removed, client_event) to this http:// URL.
     #[arg(long, env = "WSPUSH_PUSHER_WEBHOOK")]
@@ -670,6 +688,9 @@ impl PusherArgs {
         }
         if self.pusher_client_event_rate == 0 {
             return Err("--pusher-client-event-rate must be at least 1 (leave --pusher-client-events out to refuse client events)".into());
+        }
+        if self.pusher_max_presence_members == 0 {
+            return Err("--pusher-max-presence-members must be at least 1".into());
         }
         if self.pusher_max_event_size == 0 {
             return Err("--pusher-max-event-size must be more than 0 bytes".into());
@@ -710,6 +731,7 @@ impl PusherArgs {
             activity_timeout: self.pusher_activity_timeout,
             max_event_size: self.pusher_max_event_size,
             max_channels_per_conn,
+            max_presence_members: self.pusher_max_presence_members,
             webhook: self
                 .pusher_webhook
                 .as_deref()

@@ -95,13 +95,21 @@ impl Membership {
     /// A connection joins `topic` (as `member` on a presence channel).
     /// `then` runs under the channel's lock with what changed and the
     /// presence snapshot (`{"presence":{...}}`) including the new member.
+    /// `None` (nothing changed) when a new member would make more than
+    /// `max_members`.
     pub fn join<R>(
         &self,
         topic: &str,
         member: Option<MemberRef<'_>>,
+        max_members: usize,
         then: impl FnOnce(Joined, Option<String>) -> R,
-    ) -> R {
+    ) -> Option<R> {
         let mut shard = self.shard(topic);
+        if let (Some(m), Some(ch)) = (member, shard.get(topic)) {
+            if !ch.members.contains_key(m.user_id) && ch.members.len() >= max_members {
+                return None;
+            }
+        }
         let ch = shard.entry(topic.to_string()).or_default();
         ch.subscribers += 1;
         let occupied = ch.subscribers == 1;
@@ -122,13 +130,13 @@ impl Membership {
             }
             snapshot(ch)
         });
-        then(
+        Some(then(
             Joined {
                 occupied,
                 member_added,
             },
             snapshot,
-        )
+        ))
     }
 
     /// A connection leaves `topic` (as `user_id` on a presence channel);
@@ -253,14 +261,19 @@ mod tests {
             user_id: "1",
             info: r#"{"name":"a"}"#,
         };
-        let (j, s) = m.join("t", Some(a), |j, s| (j, s.unwrap()));
+        let (j, s) = m.join("t", Some(a), 100, |j, s| (j, s.unwrap())).unwrap();
         assert!(j.occupied && j.member_added);
         assert_eq!(
             s,
             r#"{"presence":{"ids":["1"],"hash":{"1":{"name":"a"}},"count":1}}"#
         );
-        let j = m.join("t", Some(a), |j, _| j);
+        let j = m.join("t", Some(a), 1, |j, _| j).unwrap();
         assert!(!j.occupied && !j.member_added);
+        let b = MemberRef {
+            user_id: "2",
+            info: "null",
+        };
+        assert!(m.join("t", Some(b), 1, |j, _| j).is_none(), "full");
         assert_eq!(m.counts("t"), (2, 1));
         let l = m.leave("t", Some("1"), |l| l);
         assert!(!l.vacated && !l.member_removed);
