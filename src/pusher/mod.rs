@@ -381,6 +381,8 @@ impl Pusher {
             let why = format!("presence channel full ({max} members)");
             return fail(ctx, "LimitReached", &why, 403);
         };
+        // Most sockets hold one or two channels: grow one at a time.
+        c.channels.reserve_exact(1);
         c.channels.push((
             channel.as_str().into(),
             member.as_ref().map(|(u, _)| u.as_str().into()),
@@ -737,5 +739,14 @@ impl PusherArgs {
                 .as_deref()
                 .and_then(|u| webhook::Target::parse(u).ok()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn conn_is_small() {
+        let n = std::mem::size_of::<super::Conn>();
+        assert!(n <= 128, "pusher::Conn grew to {n} bytes");
     }
 }
