@@ -442,3 +442,13 @@ fn presence_cap_and_cache_miss() {
     assert_eq!(miss["event"], "pusher:cache_miss");
     assert_eq!(miss["channel"], "cache-empty");
 }
+
+#[test]
+fn help_does_not_show_the_secret_from_the_environment() {
+    let (_, out) = run_to_exit(
+        &["--help"],
+        &[("WSPUSH_PUSHER_APP", "1:key:very-secret-value")],
+    );
+    assert!(out.contains("--pusher-app"), "{out}");
+    assert!(!out.contains("very-secret-value"), "{out}");
+}

@@ -650,7 +650,12 @@ fn member_hook(name: &str, channel: &str, user: &str) -> String {
 pub struct PusherArgs {
     /// A Pusher app, `ID:KEY:SECRET` (repeatable): pusher-js connects to
     /// `/app/KEY`, the server SDKs call `/apps/ID/...` signed with SECRET.
-    #[arg(long = "pusher-app", env = "WSPUSH_PUSHER_APP", value_delimiter = ',')]
+    #[arg(
+        long = "pusher-app",
+        env = "WSPUSH_PUSHER_APP",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub apps: Vec<String>,
     /// Allow `client-*` events (Echo's whisper) on private and presence channels.
     #[arg(long, env = "WSPUSH_PUSHER_CLIENT_EVENTS")]
