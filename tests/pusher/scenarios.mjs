@@ -56,6 +56,18 @@ function deferred(what, ms = 5000) {
   p.resolve = resolve; p.reject = reject;
   return p;
 }
+// Wait (bounded) until cond() holds: for what must happen, never a fixed sleep.
+async function until(cond, what, ms = 5000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error("timed out waiting for " + what);
+    await sleep(20);
+  }
+}
+// Signed in (pusher:signin_success) and subscribed to #server-to-user-{id}.
+function signedIn(p) {
+  return until(() => p.user.serverToUserChannel && p.user.serverToUserChannel.subscribed, "sign-in");
+}
 function assert(cond, msg) { if (!cond) throw new Error("assertion failed: " + msg); }
 function eq(a, b, msg) {
   const x = JSON.stringify(a), y = JSON.stringify(b);
@@ -150,6 +162,7 @@ const cases = {
     b.join("room").here((m) => hereB.resolve(m)).leaving((m) => bobHearsLeave.push(m));
     const hb = await hereB;
     eq(hb.map((m) => m.name).sort(), ["Alice", "Bob"], "bob's here");
+    await until(() => joining.length > 0, "a1 hearing bob join");
     await sleep(300);
     eq(joining, [{ name: "Bob" }], "a1 heard bob join once");
     // Alice closes one tab: still a member, nobody hears her leave.
@@ -159,7 +172,8 @@ const cases = {
     eq((await server.get({ path: "/channels/presence-room/users" }).then((r) => r.json())).users.map((u) => u.id).sort(), ["1", "2"], "users");
     // Her last tab goes: Bob hears her leave.
     a1.disconnect();
-    await sleep(400);
+    await until(() => bobHearsLeave.length > 0, "bob hearing alice leave");
+    await sleep(300);
     eq(bobHearsLeave, [{ name: "Alice" }], "leaving after the last tab");
     b.disconnect();
   },
@@ -207,7 +221,8 @@ const cases = {
     cb.bind("client-n", () => got++);
     a.connection.bind("error", (e) => { if (e.data && e.data.code === 4301) refused++; });
     for (let i = 0; i < 15; i++) ca.trigger("client-n", { i });
-    await sleep(500);
+    await until(() => got >= 10 && refused >= 5, "10 accepted and 5 refused");
+    await sleep(300);
     eq([got, refused], [10, 5], "accepted and refused");
     a.disconnect(); b.disconnect();
   },
@@ -252,13 +267,10 @@ const cases = {
     const users = await server.get({ path: "/channels/presence-lobby/users" }).then((r) => r.json());
     eq(users, { users: [{ id: "u1" }] }, "users");
     // Sign in, receive a message to the user, then be terminated.
-    const signed = deferred("signin");
-    p.user.bind("pusher:signin_success", () => signed.resolve());
     p.signin();
-    await sleep(500);
+    await signedIn(p);
     const toUser = deferred("sendToUser");
     p.user.bind("note", (d) => toUser.resolve(d));
-    await sleep(300);
     eq((await server.sendToUser("u1", "note", { hi: 1 })).status, 200, "sendToUser status");
     eq(await toUser, { hi: 1 }, "message to the user");
     // A cache channel gives a late subscriber the last event.
@@ -291,10 +303,8 @@ const cases = {
     const pres = p.subscribe("presence-py");
     await subscribed(pres);
     const got = once(pres, "from-python");
-    const signed = deferred("signin");
-    p.user.bind("pusher:signin_success", () => signed.resolve());
     p.signin();
-    await sleep(500);
+    await signedIn(p);
     const toUser = deferred("send_to_user");
     p.user.bind("py-note", (d) => toUser.resolve(d));
     const closed = deferred("terminated", 10000);
@@ -327,11 +337,12 @@ const cases = {
     const cb = b.subscribe("presence-hooks");
     await subscribed(cb);
     cb.trigger("client-hi", { x: 1 });
-    await sleep(300);
+    await until(() => events.some((e) => e.name === "client_event"), "the client_event webhook");
     b.disconnect();
-    await sleep(300);
+    await until(() => events.some((e) => e.name === "member_removed"), "member_removed");
     a.unsubscribe("presence-hooks");
-    await sleep(1500);
+    await until(() => events.some((e) => e.name === "channel_vacated"), "channel_vacated");
+    await sleep(300);
     const names = events.map((e) => e.name + (e.user_id ? ":" + e.user_id : ""));
     eq(names, ["channel_occupied", "member_added:w1", "member_added:w2", "client_event:w2", "member_removed:w2", "member_removed:w1", "channel_vacated"], "webhook events");
     const ce = events.find((e) => e.name === "client_event");
