@@ -452,3 +452,70 @@ fn help_does_not_show_the_secret_from_the_environment() {
     assert!(out.contains("--pusher-app"), "{out}");
     assert!(!out.contains("very-secret-value"), "{out}");
 }
+
+/// A webhook receiver that fails first is retried: the same signed batch
+/// arrives again.
+#[test]
+fn webhooks_are_retried_and_signed() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let got2 = got.clone();
+    std::thread::spawn(move || {
+        for (i, s) in listener.incoming().flatten().enumerate() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let (mut len, mut sig) = (0usize, String::new());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let l = line.to_ascii_lowercase();
+                if let Some(v) = l.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if let Some(v) = l.strip_prefix("x-pusher-signature:") {
+                    sig = v.trim().to_string();
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            got2.lock()
+                .unwrap()
+                .push((String::from_utf8_lossy(&body).into_owned(), sig));
+            let status = if i == 0 { "503 Busy" } else { "200 OK" };
+            let _ = (&s).write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let d = Daemon::start(&["--pusher-app", APP, "--pusher-webhook", &url]);
+    let (mut ws, _) = connect(&d);
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"hooked"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || got.lock().unwrap().len() >= 2),
+        "no retry: {:?}\n{}",
+        got.lock().unwrap(),
+        d.log_text()
+    );
+    let got = got.lock().unwrap();
+    assert_eq!(got[0].0, got[1].0, "the same batch again");
+    for (body, sig) in got.iter() {
+        assert_eq!(*sig, hmac("app-secret", body), "X-Pusher-Signature");
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert!(v["time_ms"].as_u64().is_some());
+        assert_eq!(v["events"][0]["name"], "channel_occupied");
+        assert_eq!(v["events"][0]["channel"], "hooked");
+    }
+    assert!(d.wait_logged("pusher webhook to 127.0.0.1"));
+}
