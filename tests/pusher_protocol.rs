@@ -171,9 +171,26 @@ fn md5(body: &str) -> String {
         .collect()
 }
 
+/// Where a signed request goes: a daemon's main port or another address.
+trait Target {
+    fn addr(&self) -> std::net::SocketAddr;
+}
+
+impl Target for Daemon {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Target for std::net::SocketAddr {
+    fn addr(&self) -> std::net::SocketAddr {
+        *self
+    }
+}
+
 /// A signed request as the SDKs make it; `(status, body)`.
 fn api(
-    d: &Daemon,
+    d: &impl Target,
     method: &str,
     path: &str,
     params: &str,
@@ -202,7 +219,7 @@ fn api(
         "{method} {path}?{qs}&auth_signature={sig} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let resp = raw_exchange(d.addr, req.as_bytes());
+    let resp = raw_exchange(d.addr(), req.as_bytes());
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status_of(&resp), body)
 }
@@ -518,4 +535,49 @@ fn webhooks_are_retried_and_signed() {
         assert_eq!(v["events"][0]["channel"], "hooked");
     }
     assert!(d.wait_logged("pusher webhook to 127.0.0.1"));
+}
+
+/// With `--api-listen`, the Pusher API answers there (and still on the
+/// main port: it is authenticated by its signatures, not by address).
+#[test]
+fn pusher_api_on_the_api_listener() {
+    let api_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let d = Daemon::start(&["--pusher-app", APP, "--api-listen", &api_addr.to_string()]);
+    let (mut ws, _) = connect(&d);
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"via"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(api_addr).is_ok()
+    }));
+    for (target, n) in [(api_addr, "1"), (d.addr, "2")] {
+        let ev = format!(r#"{{"name":"e","data":"{n}","channel":"via"}}"#);
+        let (status, body) = api(
+            &target,
+            "POST",
+            "/apps/1/events",
+            "",
+            &ev,
+            now(),
+            "app-secret",
+        );
+        assert_eq!((status, body.as_str()), (200, "{}"), "{target}");
+        let got = text(&mut ws);
+        assert_eq!(
+            (got["event"].as_str(), got["data"].as_str()),
+            (Some("e"), Some(n))
+        );
+    }
+    // Upgrades are the main port's only.
+    let resp = raw_exchange(api_addr, upgrade_request("/app/app-key", "").as_bytes());
+    assert_eq!(status_of(&resp), 404, "{resp}");
 }
