@@ -581,3 +581,52 @@ fn pusher_api_on_the_api_listener() {
     let resp = raw_exchange(api_addr, upgrade_request("/app/app-key", "").as_bytes());
     assert_eq!(status_of(&resp), 404, "{resp}");
 }
+
+#[test]
+fn pusher_counters_in_metrics() {
+    let d = Daemon::start(&["--pusher-app", APP]);
+    let (mut ws, _) = connect(&d);
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"m"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"private-m"}}"#,
+    );
+    assert_eq!(text(&mut ws)["event"], "pusher:subscription_error");
+    let ev = r#"{"name":"e","data":"x","channel":"m"}"#;
+    assert_eq!(
+        api(&d, "POST", "/apps/1/events", "", ev, now(), "app-secret").0,
+        200
+    );
+    assert_eq!(
+        api(&d, "POST", "/apps/1/events", "", ev, now(), "bad").0,
+        401
+    );
+    let metrics = || {
+        let r = raw_exchange(
+            d.addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        r.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    };
+    let m = metrics();
+    for line in [
+        "wspush_pusher_sockets 1",
+        "wspush_pusher_subscriptions_total 1",
+        "wspush_pusher_subscription_errors_total 1",
+        "wspush_pusher_api_events_total 1",
+        "wspush_pusher_api_refusals_total 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} missing:\n{m}");
+    }
+    drop(ws);
+    assert!(wait_until(Duration::from_secs(5), || metrics()
+        .lines()
+        .any(|l| l == "wspush_pusher_sockets 0")));
+}

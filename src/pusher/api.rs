@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::app::App;
+use super::metrics::inc;
 use super::protocol::{self, ChannelKind};
 use super::{publish, sign, topic, user_key, Pusher};
 use crate::protocol::http::percent_decode;
@@ -76,6 +77,14 @@ fn err(status: u16, message: &str) -> Response {
 
 /// Answer `req` if it is a Pusher API request.
 pub fn serve(p: &Pusher, handle: &Handle, req: &Request<'_>) -> Option<Response> {
+    let resp = answer(p, handle, req)?;
+    if resp.status >= 400 {
+        inc(&p.counters.api_refusals_total);
+    }
+    Some(resp)
+}
+
+fn answer(p: &Pusher, handle: &Handle, req: &Request<'_>) -> Option<Response> {
     let (path_app, route) = route(req.path)?;
     if let Some(id) = path_app {
         if p.cfg.apps.by_id(id).is_none() {
@@ -213,6 +222,7 @@ fn trigger(p: &Pusher, handle: &Handle, app: &App, ev: &Value) -> Result<Option<
         let frame = protocol::event(name, Some(ch), &data_json, None);
         let t = topic(app, ch);
         publish(handle, &t, &frame, exclude, protocol::is_cache(ch));
+        inc(&p.counters.api_events_total);
         if !info.is_empty() {
             infos.push(format!(
                 "{}:{}",

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod app;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod sign;
@@ -78,6 +79,8 @@ pub struct Pusher {
     pub membership: Membership,
     /// The webhook sender, with `--pusher-webhook`.
     pub webhooks: Option<Arc<Webhooks>>,
+    /// Counters for `/metrics`.
+    pub counters: metrics::Counters,
 }
 
 /// The broker topic of an app's channel.
@@ -131,6 +134,7 @@ impl Pusher {
             cfg,
             membership: Membership::default(),
             webhooks,
+            counters: metrics::Counters::default(),
         })
     }
 
@@ -195,10 +199,13 @@ impl Pusher {
     /// The connection is open: establish it (or refuse it).
     pub fn on_open(&self, c: &mut Conn, ctx: &mut Context<'_>) {
         if let Some((code, msg)) = c.refused.take() {
+            // Refused: nothing more of this socket is served or counted.
+            c.app = None;
             ctx.send_text(&protocol::error(Some(code), &msg));
             ctx.close(code, &msg);
             return;
         }
+        metrics::inc(&self.counters.sockets);
         let sid = protocol::socket_id(ctx.id().as_u64());
         ctx.send_text(&protocol::connection_established(
             &sid,
@@ -279,6 +286,7 @@ impl Pusher {
             return refuse(ctx, None, "pusher:subscribe needs data.channel");
         };
         let fail = |ctx: &mut Context<'_>, kind: &str, error: &str, status: u16| {
+            metrics::inc(&self.counters.subscription_errors_total);
             log::debug!(
                 "pusher: conn {}: subscription to {channel:?} refused: {error}",
                 ctx.id()
@@ -381,6 +389,7 @@ impl Pusher {
             let why = format!("presence channel full ({max} members)");
             return fail(ctx, "LimitReached", &why, 403);
         };
+        metrics::inc(&self.counters.subscriptions_total);
         // Most sockets hold one or two channels: grow one at a time.
         c.channels.reserve_exact(1);
         c.channels.push((
@@ -517,6 +526,7 @@ impl Pusher {
         ctx: &mut Context<'_>,
     ) {
         let reject = |ctx: &mut Context<'_>, why: &str| {
+            metrics::inc(&self.counters.client_events_refused_total);
             refuse(ctx, Some(protocol::CLIENT_EVENT_REJECTED), why);
         };
         if !self.cfg.client_events {
@@ -565,6 +575,7 @@ impl Pusher {
             );
         }
         c.events_in_window += 1;
+        metrics::inc(&self.counters.client_events_total);
         let user = user.as_deref();
         let frame = protocol::event(&m.event, Some(channel), &data, user);
         publish(
@@ -592,6 +603,9 @@ impl Pusher {
     /// The connection ended: leave every channel, sign out.
     pub fn on_close(&self, c: &mut Conn, ctx: &mut Context<'_>) {
         let Some(app) = c.app.clone() else { return };
+        self.counters
+            .sockets
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         for (ch, user) in std::mem::take(&mut c.channels) {
             self.leave(&app, &ch, user.as_deref(), ctx);
         }

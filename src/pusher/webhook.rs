@@ -86,6 +86,8 @@ pub struct Webhooks {
     pub dropped: AtomicU64,
     /// Batches delivered (2xx).
     pub delivered: AtomicU64,
+    /// Batches given up after retrying.
+    pub failed: AtomicU64,
 }
 
 impl std::fmt::Debug for Event {
@@ -102,6 +104,7 @@ impl Webhooks {
             tx,
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         });
         let h2 = hooks.clone();
         std::thread::Builder::new()
@@ -176,6 +179,7 @@ fn deliver(target: &Target, key: &str, signature: &str, body: &str, hooks: &Webh
                 target.host,
                 start.elapsed()
             );
+            hooks.failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
         std::thread::sleep(delay);
