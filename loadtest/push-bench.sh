@@ -9,7 +9,9 @@
 # Rows: w1pin = `wspush --workers 1` under `taskset -c 0`, wsload under
 # `taskset -c 1`; w1nohist = the same with `--history-size 0` (history off,
 # to measure what history costs); w2 = `wspush --workers 2` and wsload,
-# both unpinned.
+# both unpinned. A row name ending in `+pusher` (e.g. `w1pin+pusher`) is
+# the same row over the Pusher protocol: subscribers on `/app/KEY`
+# (`pusher:subscribe`), the publisher on the signed `POST /apps/ID/events`.
 # Cases: rate10 = `--rate 10`; window = as fast as `--window W` allows.
 # A fresh server (on a fresh port) per run; rows and cases interleaved per
 # repetition; medians printed at the end. Raw JSON per run goes to
@@ -51,9 +53,15 @@ for rep in $(seq 1 "$REPS"); do
         for case in $CASES; do
             port=$((port + 1))
             extra=()
+            proto=(--url "ws://127.0.0.1:$port/ws")
             case $row in
+                *+pusher)
+                    extra=(--pusher-app bench:bench-key:bench-secret)
+                    proto=(--url "ws://127.0.0.1:$port/app/bench-key" --pusher bench:bench-key:bench-secret) ;;
+            esac
+            case ${row%+pusher} in
                 w1pin) spin="$NICE taskset -c 0"; lpin="$NICE taskset -c 1"; workers=1 ;;
-                w1nohist) spin="$NICE taskset -c 0"; lpin="$NICE taskset -c 1"; workers=1; extra=(--history-size 0) ;;
+                w1nohist) spin="$NICE taskset -c 0"; lpin="$NICE taskset -c 1"; workers=1; extra+=(--history-size 0) ;;
                 w2) spin="$NICE"; lpin="$NICE"; workers=2 ;;
             esac
             case $case in
@@ -66,7 +74,7 @@ for rep in $(seq 1 "$REPS"); do
                 (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
                 sleep 0.05
             done
-            $lpin "$WSLOAD" push --url "ws://127.0.0.1:$port/ws" --channel bench -c "$CONNS" \
+            $lpin "$WSLOAD" push "${proto[@]}" --channel bench -c "$CONNS" \
                 "${load[@]}" -d "$DUR" --server-pid "$spid" --json -q \
                 >"$OUT/$row-$case-$rep.json" || echo "run $row $case $rep: wsload exit $?" >&2
             kill "$spid"; wait "$spid" 2>/dev/null || true

@@ -20,6 +20,8 @@ pub mod daemon;
 pub mod protocol;
 #[cfg(feature = "push")]
 pub mod push;
+#[cfg(feature = "push")]
+pub mod pusher;
 pub mod server;
 
 /// The README's Rust example, compiled by `cargo test` so it cannot rot.

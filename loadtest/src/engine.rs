@@ -76,6 +76,16 @@ pub struct Config {
     pub conns: u32,
     /// Push: this process holds the publisher (process 0, thread 0).
     pub publisher: bool,
+    /// Push over the Pusher protocol (`--pusher`).
+    pub pusher: Option<PusherApp>,
+}
+
+/// A Pusher app (`--pusher ID:KEY:SECRET`).
+#[derive(Debug, Clone)]
+pub struct PusherApp {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
 }
 
 impl Config {
@@ -242,6 +252,8 @@ struct HttpPub {
     conn: Connection,
     /// The whole request; the body's stamp starts at `stamp_at`.
     req: Vec<u8>,
+    /// Pusher: the event data (stamp, then filler); each request is signed anew.
+    pusher_body: Vec<u8>,
     stamp_at: usize,
     /// Requests queued (the next stamp sequence) and responses parsed.
     sent: u64,
@@ -775,7 +787,11 @@ fn on_bytes(c: &mut Conn, data: &mut [u8], cx: &mut Cx, now: u64) {
                     None => break,
                     Some(Message::Text(t)) if cx.cfg.mode == Mode::Push => Ev::Push {
                         len: t.len(),
-                        frame: wire::parse_push(t.as_bytes(), &cx.chan),
+                        frame: if cx.cfg.pusher.is_some() {
+                            wire::parse_pusher(t.as_bytes())
+                        } else {
+                            wire::parse_push(t.as_bytes(), &cx.chan)
+                        },
                     },
                     Some(Message::Text(t)) => Ev::Data {
                         len: t.len(),
@@ -859,6 +875,26 @@ fn on_data(c: &mut Conn, cx: &mut Cx, len: usize, probe: Option<Probe>, now: u64
 /// A text frame on a push subscription: the welcome first, then pushes.
 fn on_push(c: &mut Conn, cx: &mut Cx, len: usize, frame: PushFrame, now: u64) {
     if c.st == St::Welcome {
+        if cx.cfg.pusher.is_some() {
+            // connection_established: subscribe; subscription_succeeded: open.
+            match frame {
+                PushFrame::Welcome => {
+                    let msg = format!(
+                        "{{\"event\":\"pusher:subscribe\",\"data\":{{\"channel\":{}}}}}",
+                        serde_json::Value::from(cx.cfg.channel.as_str())
+                    );
+                    let key = cx.rng.key();
+                    masked_frame_into(&mut c.wbuf, true, OpCode::Text, msg.as_bytes(), key);
+                    flush(c, cx);
+                }
+                PushFrame::Subscribed => cx.opened(c),
+                _ => cx.fail(
+                    c,
+                    "expected connection_established, then subscription_succeeded".into(),
+                ),
+            }
+            return;
+        }
         if frame == PushFrame::Welcome {
             cx.opened(c);
         } else {
@@ -1077,6 +1113,7 @@ impl HttpPub {
         );
         Ok(HttpPub {
             conn,
+            pusher_body: body.clone(),
             req,
             stamp_at,
             sent: 0,
@@ -1094,7 +1131,19 @@ impl HttpPub {
             ts: now,
         }
         .write_stamp(&mut self.req[self.stamp_at..]);
-        self.conn.send(&self.req);
+        if let Some(app) = &cx.cfg.pusher {
+            self.pusher_body[..wire::STAMP_LEN]
+                .copy_from_slice(&self.req[self.stamp_at..self.stamp_at + wire::STAMP_LEN]);
+            let req = publisher::pusher_request(
+                &cx.cfg.api_host,
+                app,
+                &cx.cfg.channel,
+                &self.pusher_body,
+            );
+            self.conn.send(&req);
+        } else {
+            self.conn.send(&self.req);
+        }
         self.sent += 1;
         cx.r.sent += 1;
         if now < cx.deadline {
@@ -1135,6 +1184,10 @@ impl HttpPub {
             *answered += 1;
             if a.status != 200 {
                 cx.r.fail(format!("publish: http {}", a.status));
+                return Ok(());
+            }
+            if cx.cfg.pusher.is_some() {
+                // Pusher answers `{}`: deliveries are checked by the subscribers.
                 return Ok(());
             }
             // A cluster node answers `nodes` instead: no count to check.

@@ -140,6 +140,12 @@ pub struct Args {
     /// welcome, instead of `?since=CHANNEL:SEQ:EPOCH` in the upgrade request.
     #[arg(long)]
     pub resume_op: bool,
+    /// Push over the Pusher protocol: `ID:KEY:SECRET` of a `--pusher-app`.
+    /// Subscribers connect to --url (`ws://HOST:PORT/app/KEY`), subscribe to
+    /// --channel with `pusher:subscribe`; the publisher calls the signed
+    /// `POST /apps/ID/events` (answers carry no seq or recipients).
+    #[arg(long)]
+    pub pusher: Option<String>,
     /// Internal: index of this child process (set by --procs).
     #[arg(long, hide = true)]
     pub child_index: Option<u32>,
@@ -177,8 +183,10 @@ fn build_config(a: &Args) -> Result<Config, String> {
         if a.channel.is_empty() || a.channel.len() > 128 || !a.channel.bytes().all(ok) {
             return Err("--channel must be [A-Za-z0-9_.:@-]{1,128}".into());
         }
-        let sep = if path.contains('?') { '&' } else { '?' };
-        path = format!("{path}{sep}channel={}", a.channel);
+        if a.pusher.is_none() {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            path = format!("{path}{sep}channel={}", a.channel);
+        }
         if a.api_addr.is_none() && target != &a.url {
             // The publisher posts to the first target.
             let (ad, h, _) = parse_url(&a.url)?;
@@ -230,6 +238,23 @@ fn build_config(a: &Args) -> Result<Config, String> {
         api_key: a.api_key.clone(),
         conns: a.conns,
         publisher: push && a.child_index.unwrap_or(0) == 0,
+        pusher: match &a.pusher {
+            Some(spec) if push => {
+                let mut p = spec.splitn(3, ':');
+                match (p.next(), p.next(), p.next()) {
+                    (Some(id), Some(key), Some(secret)) if !secret.is_empty() => {
+                        Some(engine::PusherApp {
+                            id: id.into(),
+                            key: key.into(),
+                            secret: secret.into(),
+                        })
+                    }
+                    _ => return Err("--pusher is ID:KEY:SECRET".into()),
+                }
+            }
+            Some(_) => return Err("--pusher is for the push mode".into()),
+            None => None,
+        },
     })
 }
 

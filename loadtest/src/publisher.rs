@@ -43,6 +43,46 @@ pub fn request(
     (r, body_at)
 }
 
+/// A signed Pusher `POST /apps/ID/events` with `data` (ASCII without
+/// quotes or backslashes) on `channel`, as the server SDKs make it.
+pub fn pusher_request(
+    host: &str,
+    app: &crate::engine::PusherApp,
+    channel: &str,
+    data: &[u8],
+) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    use md5::{Digest, Md5};
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut body = Vec::with_capacity(data.len() + 64);
+    body.extend_from_slice(b"{\"name\":\"bench\",\"channel\":\"");
+    body.extend_from_slice(channel.as_bytes());
+    body.extend_from_slice(b"\",\"data\":\"");
+    body.extend_from_slice(data);
+    body.extend_from_slice(b"\"}");
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let path = format!("/apps/{}/events", app.id);
+    let q = format!(
+        "auth_key={}&auth_timestamp={ts}&auth_version=1.0&body_md5={}",
+        app.key,
+        hex(&Md5::digest(&body))
+    );
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(app.secret.as_bytes()).expect("any key length");
+    mac.update(format!("POST\n{path}\n{q}").as_bytes());
+    let sig = hex(&mac.finalize().into_bytes());
+    let mut r = format!(
+        "POST {path}?{q}&auth_signature={sig} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(&body);
+    r
+}
+
 /// One answer, in the order of the requests.
 pub struct Answer {
     pub status: u16,

@@ -352,6 +352,27 @@ pub fn parse_push(t: &[u8], chan: &[u8]) -> PushFrame {
     }
 }
 
+/// Classify a text frame of the Pusher protocol: `connection_established`
+/// is the welcome, `subscription_succeeded` the subscription, an event
+/// whose `data` string starts with a stamp a push (the stamp's sequence
+/// stands for the server's: Pusher events carry none).
+pub fn parse_pusher(t: &[u8]) -> PushFrame {
+    if t.starts_with(b"{\"event\":\"pusher:connection_established\"") {
+        return PushFrame::Welcome;
+    }
+    if t.starts_with(b"{\"event\":\"pusher_internal:subscription_succeeded\"") {
+        return PushFrame::Subscribed;
+    }
+    let key = b"\"data\":\"";
+    let Some(d) = find(t, key, 0) else {
+        return PushFrame::Other;
+    };
+    match Probe::read_stamp(&t[d + key.len()..]) {
+        Some(p) => PushFrame::Push(p, p.seq),
+        None => PushFrame::Other,
+    }
+}
+
 /// A publish response parsed from the front of `buf`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HttpReply {

@@ -212,6 +212,7 @@ mod tests {
             epoch: Epoch(7),
             frame: e.frame,
             payload: e.payload.start as u32..e.payload.end as u32,
+            exclude: None,
         })
     }
 

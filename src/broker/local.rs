@@ -223,6 +223,7 @@ impl Broker for LocalBroker {
                     epoch: ch.epoch,
                     frame,
                     payload: payload.start as u32..payload.end as u32,
+                    exclude: opts.exclude,
                 });
                 for (w, &n) in ch.per_worker.iter().enumerate().take(workers) {
                     if n > 0 {

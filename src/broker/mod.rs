@@ -27,12 +27,11 @@ use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::server::Frame;
+use crate::server::{ConnId, Frame};
 
 pub use format::{Format, Meta};
 pub use local::LocalBroker;
 
-use crate::server::ConnId;
 
 /// The identity of a channel's stream: a random id, new whenever the
 /// stream's continuity is lost (first use, a restart, the channel's state
@@ -99,6 +98,8 @@ pub struct Publication {
     pub epoch: Epoch,
     frame: Frame,
     payload: Range<u32>,
+    /// A connection that must not receive it (`PublishOptions::exclude`).
+    pub(crate) exclude: Option<ConnId>,
 }
 
 impl Publication {
@@ -157,6 +158,9 @@ pub struct PublishOptions {
     pub history: bool,
     /// How its frame is built from its data.
     pub format: Format,
+    /// A subscriber that must not receive it (e.g. the sender of a Pusher
+    /// client event, or the `socket_id` of a trigger: Echo's `toOthers()`).
+    pub exclude: Option<ConnId>,
 }
 
 impl Default for PublishOptions {
@@ -164,6 +168,7 @@ impl Default for PublishOptions {
         PublishOptions {
             history: true,
             format: Format::FRAME,
+            exclude: None,
         }
     }
 }
@@ -174,6 +179,7 @@ impl PublishOptions {
         PublishOptions {
             history: true,
             format,
+            exclude: None,
         }
     }
 
@@ -182,6 +188,7 @@ impl PublishOptions {
         PublishOptions {
             history: false,
             format,
+            exclude: None,
         }
     }
 }
@@ -399,6 +406,7 @@ mod tests {
             epoch: Epoch(1),
             frame: e.frame,
             payload: e.payload.start as u32..e.payload.end as u32,
+            exclude: None,
         };
         assert_eq!(p.payload(), b"hello");
     }

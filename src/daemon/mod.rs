@@ -122,6 +122,9 @@ pub struct Args {
     /// Largest body of an API request (a publication), in bytes; larger → 413.
     #[arg(long, default_value_t = 1 << 20, env = "WSPUSH_MAX_PUBLISH_SIZE")]
     pub max_publish_size: usize,
+    /// The Pusher protocol and API (`--pusher-*`).
+    #[command(flatten)]
+    pub pusher: crate::pusher::PusherArgs,
     /// Publications kept per channel, for clients that resume after a
     /// disconnect (`0` turns history off).
     #[arg(long, default_value_t = 100, env = "WSPUSH_HISTORY_SIZE")]
@@ -417,6 +420,10 @@ impl Args {
                 );
             }
         }
+        self.pusher.validate()?;
+        if !self.pusher.apps.is_empty() && !self.redis.is_empty() {
+            return Err("--pusher-app with --redis: the Pusher protocol runs on one node for now (its presence channels are not shared across nodes yet); run Pusher apps on a node without --redis".into());
+        }
         if self.api_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err("--api-listen must differ from --listen".into());
         }
@@ -504,6 +511,7 @@ impl Args {
             allow_non_expiring_tokens: self.allow_non_expiring_tokens,
             api_key: self.api_key.as_ref().map(|s| s.as_bytes().to_vec()),
             api_on_main: self.api_listen.is_none(),
+            pusher: self.pusher.build(self.max_channels_per_conn),
             ..PushConfig::default()
         }
     }

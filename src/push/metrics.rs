@@ -277,5 +277,8 @@ pub fn prometheus(svc: &PushService) -> String {
         "Seconds since start.",
     );
     let _ = writeln!(o, "wspush_uptime_seconds {:.3}", st.uptime_secs);
+    if let Some(p) = svc.shared().cfg.pusher.as_deref() {
+        o.push_str(&crate::pusher::metrics::prometheus(p));
+    }
     o
 }

@@ -73,6 +73,8 @@ pub struct PushConfig {
     pub api_on_main: bool,
     /// Errors a client may make in a burst before it is closed with 1008.
     pub max_strikes: u32,
+    /// The Pusher protocol and API (`/app/{key}`, `/apps/{id}/...`), with apps.
+    pub pusher: Option<Arc<crate::pusher::Pusher>>,
 }
 
 impl Default for PushConfig {
@@ -85,6 +87,7 @@ impl Default for PushConfig {
             api_key: None,
             api_on_main: true,
             max_strikes: 10,
+            pusher: None,
         }
     }
 }
@@ -174,6 +177,8 @@ pub enum Kind {
     Echo,
     /// `/broadcast`: the chat room.
     Room,
+    /// `/app/{key}`: the Pusher protocol ([`crate::pusher`]).
+    Pusher,
 }
 
 /// Per-connection state: 16 bytes, plus a box only for connections that
@@ -211,6 +216,8 @@ struct SessionExtra {
     /// Subscriptions whose broker answer is still to come (Redis): the
     /// channel, the request's `id` and the resume position asked.
     waiting: Vec<Waiting>,
+    /// A Pusher socket's state.
+    pusher: Option<Box<crate::pusher::Conn>>,
 }
 
 /// Seconds since the first call (a process-wide coarse clock).
@@ -339,6 +346,15 @@ impl PushService {
     /// The handle pushes go through.
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// The Pusher service and a Pusher socket's state.
+    fn pusher<'a>(
+        &'a self,
+        s: &'a mut Session,
+    ) -> Option<(&'a crate::pusher::Pusher, &'a mut crate::pusher::Conn)> {
+        let p = self.shared.cfg.pusher.as_deref()?;
+        Some((p, s.extra.as_mut()?.pusher.as_mut()?))
     }
 
     /// Check the token of an upgrade request, if tokens are required.
@@ -535,6 +551,20 @@ impl Handler for PushService {
         _: &ConnInfo<'_>,
         _: &mut Context<'_>,
     ) -> Result<Session, Response> {
+        if let Some(p) = self.shared.cfg.pusher.as_ref() {
+            if !self.api_only && crate::pusher::Pusher::is_ws_path(req.path) {
+                let extra = SessionExtra {
+                    pusher: Some(Box::new(p.upgrade(req))),
+                    ..Default::default()
+                };
+                return Ok(Session {
+                    kind: Kind::Pusher,
+                    extra: Some(Box::new(extra)),
+                    strikes: 0,
+                    strike_at: 0,
+                });
+            }
+        }
         let kind = match ws_kind(req.path) {
             Some(k) if !self.api_only => k,
             _ => return Err(text_error(404, "no WebSocket endpoint here")),
@@ -584,6 +614,7 @@ impl Handler for PushService {
                     armed: None,
                     initial,
                     waiting: Vec::new(),
+                    pusher: None,
                 })
             });
         Ok(Session {
@@ -595,6 +626,11 @@ impl Handler for PushService {
     }
 
     fn on_http(&mut self, req: &Request<'_>, info: &ConnInfo<'_>, _: &mut Context<'_>) -> Response {
+        if let Some(p) = self.shared.cfg.pusher.as_ref() {
+            if let Some(resp) = p.on_http(&self.handle, req) {
+                return resp;
+            }
+        }
         if self.api_only || self.shared.cfg.api_on_main {
             if let Some(resp) = api::serve(self, req, info) {
                 return resp;
@@ -664,6 +700,11 @@ impl Handler for PushService {
                 ctx.subscribe(ROOM_TOPIC);
             }
             Kind::Echo => {}
+            Kind::Pusher => {
+                if let Some((p, c)) = self.pusher(s) {
+                    p.on_open(c, ctx);
+                }
+            }
             Kind::Push => {
                 let id = ctx.id().as_u64();
                 self.shared.shard(id).insert(id);
@@ -705,6 +746,11 @@ impl Handler for PushService {
                 ctx.publish_with(ROOM_TOPIC, opts, b, &mut ignore);
             }
             (Kind::Push, Message::Text(t)) => self.control(s, t, ctx),
+            (Kind::Pusher, msg) => {
+                if let Some((p, c)) = self.pusher(s) {
+                    p.on_message(c, msg, ctx);
+                }
+            }
             (Kind::Push, Message::Binary(_)) => self.strike(
                 s,
                 ctx,
@@ -717,6 +763,9 @@ impl Handler for PushService {
     }
 
     fn on_timer(&mut self, s: &mut Session, ctx: &mut Context<'_>) {
+        if let Some((p, c)) = self.pusher(s) {
+            return p.on_timer(c, ctx);
+        }
         if let Some(e) = s.extra.as_mut() {
             if e.armed.is_some_and(|due| due > unix_now() + 1) {
                 // An earlier timer (armed before a refresh to an earlier
@@ -781,6 +830,9 @@ impl Handler for PushService {
     }
 
     fn on_close(&mut self, s: &mut Session, _: CloseReason, ctx: &mut Context<'_>) {
+        if let Some((p, c)) = self.pusher(s) {
+            return p.on_close(c, ctx);
+        }
         if s.kind == Kind::Push {
             let id = ctx.id().as_u64();
             self.shared.shard(id).remove(&id);

@@ -797,6 +797,8 @@ impl Core {
             return;
         }
         let f: LocalFrame = Rc::new(p.frame().clone().into_shared());
+        let skip = p.exclude.and_then(|id| self.lookup(id));
+        let conns = &mut self.conns;
         let mut q = Queues {
             dirty: &mut self.dirty,
             pool: &mut self.pool,
@@ -804,6 +806,9 @@ impl Core {
             max_buffered: self.cfg.max_buffered,
         };
         for &key in self.topics.subscribers(id) {
+            if skip == Some(key as usize) {
+                continue;
+            }
             if let Some(c) = conns.get_mut(key as usize) {
                 push_frame(c, key as usize, &f, &mut q);
             }

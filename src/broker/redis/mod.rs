@@ -137,6 +137,7 @@ impl Inner {
         epoch: Epoch,
         format: Format,
         data: &[u8],
+        exclude: Option<ConnId>,
     ) -> Arc<Publication> {
         let e = format.encode(&Meta {
             channel: &channel,
@@ -150,6 +151,7 @@ impl Inner {
             epoch,
             frame: e.frame,
             payload: e.payload.start as u32..e.payload.end as u32,
+            exclude,
         })
     }
 }
@@ -306,6 +308,7 @@ impl Broker for RedisBroker {
             channel: Arc::from(channel),
             keep: opts.history && self.inner.history.enabled(),
             format: opts.format,
+            exclude: opts.exclude,
             data: Arc::from(data),
             reply: later(),
         };
@@ -434,13 +437,31 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 }
 
 /// A message of a channel as published by [`scripts::PUBLISH_LUA`]:
-/// `seq \n epoch \n format \n data`.
-pub(crate) fn parse_message(bytes: &[u8]) -> Option<(u64, Epoch, Format, &[u8])> {
-    let mut parts = bytes.splitn(4, |&b| b == b'\n');
+/// `seq \n epoch \n format \n excluded connection (or nothing) \n data`.
+pub(crate) struct Message<'a> {
+    pub seq: u64,
+    pub epoch: Epoch,
+    pub format: Format,
+    pub exclude: Option<ConnId>,
+    pub data: &'a [u8],
+}
+
+pub(crate) fn parse_message(bytes: &[u8]) -> Option<Message<'_>> {
+    let mut parts = bytes.splitn(5, |&b| b == b'\n');
     let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let epoch = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let format = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    Some((seq, epoch, Format(format), parts.next()?))
+    let exclude = match parts.next()? {
+        b"" => None,
+        id => Some(ConnId::from_u64(std::str::from_utf8(id).ok()?.parse().ok()?)),
+    };
+    Some(Message {
+        seq,
+        epoch,
+        format: Format(format),
+        exclude,
+        data: parts.next()?,
+    })
 }
 
 #[cfg(test)]
@@ -449,14 +470,15 @@ mod tests {
 
     #[test]
     fn messages_parse_and_garbage_does_not() {
-        let m = b"12\n00000000000000ff\n8\n{\"a\":\n1}";
-        assert_eq!(
-            parse_message(m),
-            Some((12, Epoch(255), Format(8), &b"{\"a\":\n1}"[..]))
-        );
-        assert_eq!(parse_message(b"x\n00000000000000ff\n8\n"), None);
-        assert_eq!(parse_message(b"1\nzz\n8\n"), None);
-        assert_eq!(parse_message(b"1\n00000000000000ff\n8"), None);
+        let m = parse_message(b"12\n00000000000000ff\n8\n\n{\"a\":\n1}").unwrap();
+        assert_eq!((m.seq, m.epoch, m.format), (12, Epoch(255), Format(8)));
+        assert_eq!((m.exclude, m.data), (None, &b"{\"a\":\n1}"[..]));
+        let m = parse_message(b"1\n00000000000000ff\n8\n77\nx").unwrap();
+        assert_eq!(m.exclude, Some(ConnId::from_u64(77)));
+        assert!(parse_message(b"x\n00000000000000ff\n8\n\n").is_none());
+        assert!(parse_message(b"1\nzz\n8\n\n").is_none());
+        assert!(parse_message(b"1\n00000000000000ff\n8\n").is_none());
+        assert!(parse_message(b"1\n00000000000000ff\n8\nq\nx").is_none());
         assert_eq!(backoff(0), Duration::from_millis(50));
         assert_eq!(backoff(30), Duration::from_secs(2));
     }

@@ -335,7 +335,7 @@ fn catch_up(inner: &Inner, data: &mut Connection, names: &[Arc<str>]) -> ::redis
             let Ok(r) = r else { continue };
             if r.known && r.covered {
                 for (s, f, d) in r.entries.iter().filter(|e| e.0 > at.seq) {
-                    deliver(inner, &name, *s, r.position.epoch, *f, d);
+                    deliver(inner, &name, *s, r.position.epoch, *f, d, None);
                 }
             } else {
                 log::warn!(
@@ -514,7 +514,9 @@ fn joined(channel: &Arc<str>, since: Option<Position>, r: &Read) -> Joined {
             r.entries
                 .iter()
                 .filter(|e| e.0 > since.seq && e.0 <= r.position.seq)
-                .map(|(s, f, d)| Inner::publication(channel.clone(), *s, r.position.epoch, *f, d))
+                .map(|(s, f, d)| {
+                    Inner::publication(channel.clone(), *s, r.position.epoch, *f, d, None)
+                })
                 .collect()
         } else {
             Vec::new()
@@ -523,7 +525,15 @@ fn joined(channel: &Arc<str>, since: Option<Position>, r: &Read) -> Joined {
 }
 
 /// Hand one publication to the workers with subscribers of its channel.
-fn deliver(inner: &Inner, channel: &Arc<str>, seq: u64, epoch: Epoch, format: Format, data: &[u8]) {
+fn deliver(
+    inner: &Inner,
+    channel: &Arc<str>,
+    seq: u64,
+    epoch: Epoch,
+    format: Format,
+    data: &[u8],
+    exclude: Option<ConnId>,
+) {
     let mut chans = inner.chans.lock().unwrap_or_else(|p| p.into_inner());
     let Some(c) = chans.get_mut(channel) else {
         return;
@@ -533,7 +543,7 @@ fn deliver(inner: &Inner, channel: &Arc<str>, seq: u64, epoch: Epoch, format: Fo
     }
     c.seq = seq;
     c.epoch = epoch;
-    let p = Inner::publication(channel.clone(), seq, epoch, format, data);
+    let p = Inner::publication(channel.clone(), seq, epoch, format, data, exclude);
     for (w, &n) in c.per_worker.iter().enumerate() {
         if n > 0 {
             inner.hub.post(w, Command::Publish(p.clone()));
@@ -567,7 +577,14 @@ fn on_message(
         relayed(inner, body);
         return Ok(());
     };
-    let Some((seq, epoch, format, payload)) = parse_message(body) else {
+    let Some(super::Message {
+        seq,
+        epoch,
+        format,
+        exclude,
+        data: payload,
+    }) = parse_message(body)
+    else {
         log::error!("Redis: unreadable message on {name} ({} bytes)", body.len());
         return Ok(());
     };
@@ -609,7 +626,7 @@ fn on_message(
         match r {
             Some(Ok(r)) if r.known && r.covered => {
                 for (s, f, d) in r.entries.iter().filter(|e| e.0 > at.seq && e.0 < seq) {
-                    deliver(inner, &name, *s, epoch, *f, d);
+                    deliver(inner, &name, *s, epoch, *f, d, None);
                 }
             }
             _ => {
@@ -628,7 +645,7 @@ fn on_message(
             }
         }
     }
-    deliver(inner, &name, seq, epoch, format, payload);
+    deliver(inner, &name, seq, epoch, format, payload, exclude);
     Ok(())
 }
 

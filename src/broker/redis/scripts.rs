@@ -14,7 +14,8 @@
 //!
 //! A publication is one script (`PUBLISH_LUA`): INCR the seq, create the
 //! epoch if the stream is new (and drop a history of a previous stream),
-//! XADD with its seq as id, trim, PUBLISH `seq \n epoch \n format \n data`.
+//! XADD with its seq as id, trim, PUBLISH `seq \n epoch \n format \n
+//! excluded connection \n data`.
 //! Being one script makes it atomic: no reader ever sees a seq without its
 //! history entry or a history entry whose message was not yet published.
 //! A stream keyed by seq (not a list) lets a resume read exactly the
@@ -27,7 +28,8 @@ pub const META_TTL_MS: u64 = 24 * 3600 * 1000;
 /// `KEYS`: meta, history. `ARGV`: pubsub channel, data, keep (0/1),
 /// history size, history ttl ms, new epoch, format, meta ttl ms, and the
 /// publishing command (`PUBLISH`, or `SPUBLISH` on a Redis Cluster: the
-/// channel shares the keys' hash slot, so its shard delivers it).
+/// channel shares the keys' hash slot, so its shard delivers it), and the
+/// connection that must not receive it (decimal id, or empty).
 /// Returns `{seq, epoch, receivers}`.
 pub const PUBLISH_LUA: &str = r#"
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -49,7 +51,7 @@ if ARGV[3] == '1' then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 't', now, 'f', ARGV[7], 'd', ARGV[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
-local n = redis.call(ARGV[9], ARGV[1], seq .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n' .. ARGV[2])
+local n = redis.call(ARGV[9], ARGV[1], seq .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n' .. ARGV[10] .. '\n' .. ARGV[2])
 return {seq, epoch, n}
 "#;
 

@@ -20,6 +20,7 @@ pub(crate) enum Job {
         channel: Arc<str>,
         keep: bool,
         format: Format,
+        exclude: Option<crate::server::ConnId>,
         data: Arc<[u8]>,
         reply: Reply<Published>,
     },
@@ -241,6 +242,7 @@ fn send(
                 channel,
                 keep,
                 format,
+                exclude,
                 data,
                 ..
             } => {
@@ -261,7 +263,8 @@ fn send(
                         "SPUBLISH"
                     } else {
                         "PUBLISH"
-                    });
+                    })
+                    .arg(exclude.map_or(String::new(), |id| id.as_u64().to_string()));
             }
             Job::History {
                 channel,
@@ -440,7 +443,7 @@ fn history_page(
     let publications = r
         .entries
         .into_iter()
-        .map(|(s, f, d)| Inner::publication(channel.clone(), s, r.position.epoch, f, &d))
+        .map(|(s, f, d)| Inner::publication(channel.clone(), s, r.position.epoch, f, &d, None))
         .collect();
     Ok(HistoryPage {
         position: r.position,

@@ -1,0 +1,632 @@
+//! The Pusher protocol and API at the wire level (tungstenite and raw
+//! HTTP): every kind of bad input gets a clear answer, never a panic; the
+//! activity timeout; start-up checks of `--pusher-*`.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::Value;
+use tungstenite::Message;
+
+const APP: &str = "1:app-key:app-secret";
+
+fn text(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> Value {
+    loop {
+        match read_msg(ws).expect("a message") {
+            Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// `data` of a server event, decoded from its JSON string.
+fn data(v: &Value) -> Value {
+    match &v["data"] {
+        Value::String(s) => serde_json::from_str(s).expect("data is JSON"),
+        other => other.clone(),
+    }
+}
+
+fn connect(d: &Daemon) -> (tungstenite::WebSocket<std::net::TcpStream>, String) {
+    let mut ws = ws(d, "/app/app-key?protocol=7&client=js&version=8.4.0");
+    let hello = text(&mut ws);
+    assert_eq!(hello["event"], "pusher:connection_established");
+    let sid = data(&hello)["socket_id"].as_str().unwrap().to_string();
+    assert!(data(&hello)["activity_timeout"].as_u64().unwrap() > 0);
+    (ws, sid)
+}
+
+fn send(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, s: &str) {
+    ws.send(Message::text(s)).unwrap();
+}
+
+#[test]
+fn bad_messages_get_pusher_errors_and_the_socket_stays() {
+    let d = Daemon::start(&["--pusher-app", APP]);
+    let (mut ws, _) = connect(&d);
+    for bad in [
+        "not json",
+        "[]",
+        r#"{"event":1}"#,
+        r#"{"data":{}}"#,
+        r#"{"event":"pusher:subscribe"}"#,
+        r#"{"event":"pusher:subscribe","data":42}"#,
+        r#"{"event":"pusher:unsubscribe","data":{}}"#,
+        r#"{"event":"pusher:nope","data":{}}"#,
+        r#"{"event":"pusher:signin","data":{}}"#,
+    ] {
+        send(&mut ws, bad);
+        let e = text(&mut ws);
+        assert_eq!(e["event"], "pusher:error", "{bad}: {e}");
+        assert!(e["data"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    ws.send(Message::binary(vec![1, 2, 3])).unwrap();
+    assert_eq!(text(&mut ws)["event"], "pusher:error");
+    // Subscription refusals name the channel, type and status.
+    for (sub, kind, status) in [
+        (r#"{"channel":"bad name"}"#, "InvalidChannel", 400),
+        (r#"{"channel":"private-x"}"#, "AuthError", 401),
+        (
+            r#"{"channel":"private-x","auth":"app-key:00"}"#,
+            "AuthError",
+            401,
+        ),
+        (
+            r#"{"channel":"private-x","auth":"other:abcd"}"#,
+            "AuthError",
+            401,
+        ),
+        (
+            r#"{"channel":"presence-x","auth":"app-key:00"}"#,
+            "AuthError",
+            401,
+        ),
+        (r##"{"channel":"#server-to-user-1"}"##, "AuthError", 403),
+    ] {
+        send(
+            &mut ws,
+            &format!(r#"{{"event":"pusher:subscribe","data":{sub}}}"#),
+        );
+        let e = text(&mut ws);
+        assert_eq!(e["event"], "pusher:subscription_error", "{sub}: {e}");
+        let d = data(&e);
+        assert_eq!(d["type"], kind, "{sub}: {e}");
+        assert_eq!(d["status"], status, "{sub}: {e}");
+    }
+    // Still alive: ping, public subscribe (data as a string, as old clients send).
+    send(&mut ws, r#"{"event":"pusher:ping","data":{}}"#);
+    assert_eq!(text(&mut ws)["event"], "pusher:pong");
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":"{\"channel\":\"news\"}"}"#,
+    );
+    let ok = text(&mut ws);
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(ok["channel"], "news");
+    assert!(d.wait_logged("pusher: conn"));
+}
+
+#[test]
+fn silent_socket_is_pinged_then_closed_with_4201() {
+    let d = Daemon::start(&["--pusher-app", APP, "--pusher-activity-timeout", "1s"]);
+    let (mut ws, _) = connect(&d);
+    let ping = text(&mut ws);
+    assert_eq!(ping["event"], "pusher:ping");
+    // Answering keeps it open; the next silence ends it with 4201.
+    send(&mut ws, r#"{"event":"pusher:pong","data":{}}"#);
+    assert_eq!(text(&mut ws)["event"], "pusher:ping");
+    loop {
+        match read_msg(&mut ws) {
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 4201);
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+#[test]
+fn unknown_key_and_protocol_version() {
+    let d = Daemon::start(&["--pusher-app", APP]);
+    for (path, code) in [("/app/nope", 4001), ("/app/app-key?protocol=3", 4007)] {
+        let mut ws = ws(&d, path);
+        let e = text(&mut ws);
+        assert_eq!(e["event"], "pusher:error");
+        assert_eq!(e["data"]["code"], code);
+        match read_msg(&mut ws) {
+            Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), code),
+            other => panic!("{path}: expected close {code}, got {other:?}"),
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hmac(secret: &str, msg: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(msg.as_bytes());
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn md5(body: &str) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where a signed request goes: a daemon's main port or another address.
+trait Target {
+    fn addr(&self) -> std::net::SocketAddr;
+}
+
+impl Target for Daemon {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Target for std::net::SocketAddr {
+    fn addr(&self) -> std::net::SocketAddr {
+        *self
+    }
+}
+
+/// A signed request as the SDKs make it; `(status, body)`.
+fn api(
+    d: &impl Target,
+    method: &str,
+    path: &str,
+    params: &str,
+    body: &str,
+    ts: u64,
+    secret: &str,
+) -> (u16, String) {
+    let mut q = vec![
+        "auth_key=app-key".to_string(),
+        format!("auth_timestamp={ts}"),
+        "auth_version=1.0".to_string(),
+    ];
+    if !body.is_empty() {
+        q.push(format!("body_md5={}", md5(body)));
+    }
+    q.extend(
+        params
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
+    );
+    q.sort();
+    let qs = q.join("&");
+    let sig = hmac(secret, &format!("{method}\n{path}\n{qs}"));
+    let req = format!(
+        "{method} {path}?{qs}&auth_signature={sig} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = raw_exchange(d.addr(), req.as_bytes());
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status_of(&resp), body)
+}
+
+#[test]
+fn api_statuses_are_json() {
+    let d = Daemon::start(&["--pusher-app", APP]);
+    let ev = r#"{"name":"e","data":"x","channel":"news"}"#;
+    let ok = api(&d, "POST", "/apps/1/events", "", ev, now(), "app-secret");
+    assert_eq!(ok, (200, "{}".to_string()));
+    let cases = [
+        ("POST", "/apps/1/events", "", ev, now(), "wrong", 401),
+        (
+            "POST",
+            "/apps/1/events",
+            "",
+            ev,
+            now() - 601,
+            "app-secret",
+            401,
+        ),
+        (
+            "POST",
+            "/apps/1/events",
+            "",
+            ev,
+            now() + 601,
+            "app-secret",
+            401,
+        ),
+        ("POST", "/apps/9/events", "", ev, now(), "app-secret", 404),
+        ("POST", "/apps/1/nothing", "", ev, now(), "app-secret", 404),
+        ("POST", "/apps/1/events", "", "{", now(), "app-secret", 400),
+        (
+            "POST",
+            "/apps/1/events",
+            "",
+            r#"{"name":"e","data":"x"}"#,
+            now(),
+            "app-secret",
+            400,
+        ),
+        (
+            "POST",
+            "/apps/1/events",
+            "",
+            r#"{"name":"e","data":"x","channel":"a b"}"#,
+            now(),
+            "app-secret",
+            400,
+        ),
+        (
+            "POST",
+            "/apps/1/events",
+            "",
+            r#"{"name":"e","data":"x","channel":"a","socket_id":"zz"}"#,
+            now(),
+            "app-secret",
+            400,
+        ),
+        (
+            "GET",
+            "/apps/1/channels/news/users",
+            "",
+            "",
+            now(),
+            "app-secret",
+            400,
+        ),
+        (
+            "GET",
+            "/apps/1/channels",
+            "info=user_count",
+            "",
+            now(),
+            "app-secret",
+            400,
+        ),
+        ("GET", "/apps/1/events", "", "", now(), "app-secret", 405),
+    ];
+    for (method, path, params, body, ts, secret, want) in cases {
+        let (status, text) = api(&d, method, path, params, body, ts, secret);
+        assert_eq!(status, want, "{method} {path} {body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{text}");
+    }
+    let big = format!(
+        r#"{{"name":"e","data":"{}","channel":"news"}}"#,
+        "x".repeat(10 * 1024 + 1)
+    );
+    assert_eq!(
+        api(&d, "POST", "/apps/1/events", "", &big, now(), "app-secret").0,
+        413
+    );
+    let batch: Vec<String> = (0..11).map(|_| ev.to_string()).collect();
+    let batch = format!(r#"{{"batch":[{}]}}"#, batch.join(","));
+    assert_eq!(
+        api(
+            &d,
+            "POST",
+            "/apps/1/batch_events",
+            "",
+            &batch,
+            now(),
+            "app-secret"
+        )
+        .0,
+        400
+    );
+    // A key of another app on this app's path.
+    let two = Daemon::start(&["--pusher-app", APP, "--pusher-app", "2:other:s2"]);
+    assert_eq!(
+        api(&two, "POST", "/apps/2/events", "", ev, now(), "app-secret").0,
+        403
+    );
+    // Unsigned.
+    let resp = raw_exchange(
+        d.addr,
+        b"GET /apps/1/channels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&resp), 401);
+    assert!(d.wait_logged("pusher API: 401"));
+}
+
+#[test]
+fn start_refuses_bad_pusher_flags() {
+    for (args, needle) in [
+        (vec!["--pusher-app", "1:key:"], "secret is empty"),
+        (vec!["--pusher-app", "1:key"], "ID:KEY:SECRET"),
+        (
+            vec!["--pusher-app", "1:a:s", "--pusher-app", "1:b:s"],
+            "given twice",
+        ),
+        (
+            vec!["--pusher-app", APP, "--pusher-webhook", "https://x"],
+            "only http://",
+        ),
+        (vec!["--pusher-client-events"], "needs a --pusher-app"),
+        (
+            vec!["--pusher-app", APP, "--pusher-activity-timeout", "0s"],
+            "at least 1s",
+        ),
+    ] {
+        let (status, out) = run_to_exit(&args, &[]);
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{args:?}: {out}");
+        assert!(out.contains(needle), "{args:?}: {out}");
+    }
+    let (status, out) = run_to_exit(
+        &["--listen", "127.0.0.1:0"],
+        &[("WSPUSH_PUSHER_APP", "1:k:")],
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
+    let _ = Duration::ZERO;
+}
+
+/// Server memory per idle connection subscribed to one channel: Pusher
+/// (`/app/{key}`, `pusher:subscribe`) beside the native protocol
+/// (`/ws?channel=`). Prints both (BENCHMARKS.md quotes them).
+#[test]
+fn idle_pusher_connection_memory() {
+    let n = 2000;
+    let measure = |pusher: bool| -> u64 {
+        let d = Daemon::start(&["--pusher-app", APP, "--workers", "1"]);
+        let pid = d.child.id();
+        let open = |i: usize| {
+            if pusher {
+                let (mut ws, _) = connect(&d);
+                let ch = format!("idle-{}", i % 10);
+                send(
+                    &mut ws,
+                    &format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{ch}"}}}}"#),
+                );
+                assert_eq!(
+                    text(&mut ws)["event"],
+                    "pusher_internal:subscription_succeeded"
+                );
+                ws
+            } else {
+                let mut ws = ws(&d, &format!("/ws?channel=idle-{}", i % 10));
+                assert_eq!(text(&mut ws)["op"], "welcome");
+                assert_eq!(text(&mut ws)["op"], "subscribed");
+                ws
+            }
+        };
+        let warm: Vec<_> = (0..100).map(open).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let before = rss_kib(pid);
+        let held: Vec<_> = (0..n).map(open).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let per = rss_kib(pid).saturating_sub(before) * 1024 / n as u64;
+        drop(held);
+        drop(warm);
+        per
+    };
+    let native = measure(false);
+    let pusher = measure(true);
+    eprintln!(
+        "idle connection subscribed to one channel ({n} connections): \
+         Pusher {pusher} B of server RSS each, native /ws {native} B"
+    );
+    assert!(pusher < 16 * 1024, "{pusher} B per idle Pusher connection");
+}
+
+#[test]
+fn presence_cap_and_cache_miss() {
+    let d = Daemon::start(&["--pusher-app", APP, "--pusher-max-presence-members", "1"]);
+    let join = |user: &str| {
+        let (mut ws, sid) = connect(&d);
+        let cd = format!(r#"{{"user_id":"{user}","user_info":{{"n":"{user}"}}}}"#);
+        let sig = hmac("app-secret", &format!("{sid}:presence-capped:{cd}"));
+        let msg = serde_json::json!({"event":"pusher:subscribe","data":{
+            "channel":"presence-capped","auth":format!("app-key:{sig}"),"channel_data":cd}});
+        send(&mut ws, &msg.to_string());
+        let answer = text(&mut ws);
+        (ws, answer)
+    };
+    let (_a, first) = join("1");
+    assert_eq!(first["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(data(&first)["presence"]["count"], 1);
+    // A second tab of the same user is not a new member.
+    let (_a2, again) = join("1");
+    assert_eq!(again["event"], "pusher_internal:subscription_succeeded");
+    let (_b, full) = join("2");
+    assert_eq!(full["event"], "pusher:subscription_error", "{full}");
+    assert_eq!(data(&full)["status"], 403);
+    // A cache channel with nothing published yet: succeeded, then cache_miss.
+    let (mut ws, _) = connect(&d);
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"cache-empty"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let miss = text(&mut ws);
+    assert_eq!(miss["event"], "pusher:cache_miss");
+    assert_eq!(miss["channel"], "cache-empty");
+}
+
+#[test]
+fn help_does_not_show_the_secret_from_the_environment() {
+    let (_, out) = run_to_exit(
+        &["--help"],
+        &[("WSPUSH_PUSHER_APP", "1:key:very-secret-value")],
+    );
+    assert!(out.contains("--pusher-app"), "{out}");
+    assert!(!out.contains("very-secret-value"), "{out}");
+}
+
+/// A webhook receiver that fails first is retried: the same signed batch
+/// arrives again.
+#[test]
+fn webhooks_are_retried_and_signed() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let got2 = got.clone();
+    std::thread::spawn(move || {
+        for (i, s) in listener.incoming().flatten().enumerate() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let (mut len, mut sig) = (0usize, String::new());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let l = line.to_ascii_lowercase();
+                if let Some(v) = l.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if let Some(v) = l.strip_prefix("x-pusher-signature:") {
+                    sig = v.trim().to_string();
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            got2.lock()
+                .unwrap()
+                .push((String::from_utf8_lossy(&body).into_owned(), sig));
+            let status = if i == 0 { "503 Busy" } else { "200 OK" };
+            let _ = (&s).write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let d = Daemon::start(&["--pusher-app", APP, "--pusher-webhook", &url]);
+    let (mut ws, _) = connect(&d);
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"hooked"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || got.lock().unwrap().len() >= 2),
+        "no retry: {:?}\n{}",
+        got.lock().unwrap(),
+        d.log_text()
+    );
+    let got = got.lock().unwrap();
+    assert_eq!(got[0].0, got[1].0, "the same batch again");
+    for (body, sig) in got.iter() {
+        assert_eq!(*sig, hmac("app-secret", body), "X-Pusher-Signature");
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert!(v["time_ms"].as_u64().is_some());
+        assert_eq!(v["events"][0]["name"], "channel_occupied");
+        assert_eq!(v["events"][0]["channel"], "hooked");
+    }
+    assert!(d.wait_logged("pusher webhook to 127.0.0.1"));
+}
+
+/// With `--api-listen`, the Pusher API answers there (and still on the
+/// main port: it is authenticated by its signatures, not by address).
+#[test]
+fn pusher_api_on_the_api_listener() {
+    let api_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let d = Daemon::start(&["--pusher-app", APP, "--api-listen", &api_addr.to_string()]);
+    let (mut ws, _) = connect(&d);
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"via"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(api_addr).is_ok()
+    }));
+    for (target, n) in [(api_addr, "1"), (d.addr, "2")] {
+        let ev = format!(r#"{{"name":"e","data":"{n}","channel":"via"}}"#);
+        let (status, body) = api(
+            &target,
+            "POST",
+            "/apps/1/events",
+            "",
+            &ev,
+            now(),
+            "app-secret",
+        );
+        assert_eq!((status, body.as_str()), (200, "{}"), "{target}");
+        let got = text(&mut ws);
+        assert_eq!(
+            (got["event"].as_str(), got["data"].as_str()),
+            (Some("e"), Some(n))
+        );
+    }
+    // Upgrades are the main port's only.
+    let resp = raw_exchange(api_addr, upgrade_request("/app/app-key", "").as_bytes());
+    assert_eq!(status_of(&resp), 404, "{resp}");
+}
+
+#[test]
+fn pusher_counters_in_metrics() {
+    let d = Daemon::start(&["--pusher-app", APP]);
+    let (mut ws, _) = connect(&d);
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"m"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"private-m"}}"#,
+    );
+    assert_eq!(text(&mut ws)["event"], "pusher:subscription_error");
+    let ev = r#"{"name":"e","data":"x","channel":"m"}"#;
+    assert_eq!(
+        api(&d, "POST", "/apps/1/events", "", ev, now(), "app-secret").0,
+        200
+    );
+    assert_eq!(
+        api(&d, "POST", "/apps/1/events", "", ev, now(), "bad").0,
+        401
+    );
+    let metrics = || {
+        let r = raw_exchange(
+            d.addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        r.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    };
+    let m = metrics();
+    for line in [
+        "wspush_pusher_sockets 1",
+        "wspush_pusher_subscriptions_total 1",
+        "wspush_pusher_subscription_errors_total 1",
+        "wspush_pusher_api_events_total 1",
+        "wspush_pusher_api_refusals_total 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} missing:\n{m}");
+    }
+    drop(ws);
+    assert!(wait_until(Duration::from_secs(5), || metrics()
+        .lines()
+        .any(|l| l == "wspush_pusher_sockets 0")));
+}
