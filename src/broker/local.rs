@@ -210,14 +210,12 @@ impl Broker for LocalBroker {
                 recipients: ch.total,
             };
             if ch.total > 0 || keep {
-                let Encoded { frame, payload } = make(ch.seq);
-                let p = Arc::new(Publication {
-                    channel: ch.name.clone(),
-                    seq: ch.seq,
-                    epoch: ch.epoch,
-                    frame,
-                    payload: payload.start as u32..payload.end as u32,
-                });
+                let p = Arc::new(Publication::new(
+                    ch.name.clone(),
+                    ch.seq,
+                    ch.epoch,
+                    make(ch.seq),
+                ));
                 for (w, &n) in ch.per_worker.iter().enumerate().take(workers) {
                     if n > 0 {
                         wakes[w] = self.hub.enqueue(w, Command::Publish(p.clone())).1;

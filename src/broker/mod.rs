@@ -90,9 +90,47 @@ pub struct Publication {
     pub epoch: Epoch,
     frame: Frame,
     payload: Range<u32>,
+    /// The permessage-deflate frame, built once by the first worker with a
+    /// recipient that negotiated it (`None` inside: not worth it).
+    #[cfg(feature = "deflate")]
+    deflated: std::sync::OnceLock<Option<Arc<[u8]>>>,
 }
 
 impl Publication {
+    /// A publication of `encoded` as `seq` of `channel` in `epoch`.
+    pub fn new(channel: Arc<str>, seq: u64, epoch: Epoch, encoded: Encoded) -> Publication {
+        Publication {
+            channel,
+            seq,
+            epoch,
+            frame: encoded.frame,
+            payload: encoded.payload.start as u32..encoded.payload.end as u32,
+            #[cfg(feature = "deflate")]
+            deflated: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The compressed (RSV1) frame for recipients that negotiated
+    /// permessage-deflate without context takeover: `make` deflates the
+    /// plain frame on the first call, outside any lock of the broker;
+    /// every later call (any worker) gets the same bytes. `None`: not
+    /// compressed (too small, not smaller, or no `deflate` feature).
+    pub fn deflated_with(
+        &self,
+        make: impl FnOnce(&[u8]) -> Option<Arc<[u8]>>,
+    ) -> Option<Arc<[u8]>> {
+        #[cfg(feature = "deflate")]
+        return self
+            .deflated
+            .get_or_init(|| make(self.frame.bytes()))
+            .clone();
+        #[cfg(not(feature = "deflate"))]
+        {
+            let _ = make;
+            None
+        }
+    }
+
     /// The encoded frame every recipient gets (header and payload).
     pub fn frame(&self) -> &Frame {
         &self.frame
@@ -262,13 +300,7 @@ mod tests {
     #[test]
     fn payload_is_the_data_inside_the_frame() {
         let e = Encoded::whole(Frame::text("hello"));
-        let p = Publication {
-            channel: Arc::from("c"),
-            seq: 1,
-            epoch: Epoch(1),
-            frame: e.frame,
-            payload: e.payload.start as u32..e.payload.end as u32,
-        };
+        let p = Publication::new(Arc::from("c"), 1, Epoch(1), e);
         assert_eq!(p.payload(), b"hello");
     }
 }

@@ -86,7 +86,15 @@ pub struct Decoded<'a> {
     pub consumed: usize,
     /// The message completed by these bytes, if any.
     pub message: Option<Message<'a>>,
+    /// `Some(Text | Binary)`: the message had RSV1 set (permessage-deflate,
+    /// RFC 7692) and `message` is `Message::Binary` holding its still
+    /// compressed payload; the opcode says what it inflates to (text is
+    /// validated only after inflating). Only with `allowed_rsv` RSV1.
+    pub compressed: Option<OpCode>,
 }
+
+/// RSV1: the "Per-Message Compressed" bit of permessage-deflate.
+pub const RSV1: u8 = 0b100;
 
 /// Per-connection decoder state: a single pointer (8 bytes).
 ///
@@ -126,6 +134,9 @@ struct Partial {
     mask_pos: u8,
     /// Text or Binary while a data message is in progress.
     msg: Option<OpCode>,
+    /// The message in progress has RSV1 (its payload is deflated: no UTF-8
+    /// check until it is inflated).
+    compressed: bool,
     utf8: Utf8Validator,
 }
 
@@ -189,6 +200,7 @@ impl Decoder {
                 return Ok(Decoded {
                     consumed: pos,
                     message: None,
+                    compressed: None,
                 });
             }
             let mut hdr_len = 0;
@@ -218,13 +230,15 @@ impl Decoder {
                         return Ok(Decoded {
                             consumed: pos,
                             message: Some(message),
+                            compressed: None,
                         });
                     }
                     if p.frame_fin {
-                        let message = self.state().finish_assembled()?;
+                        let (message, compressed) = self.state().finish_assembled()?;
                         return Ok(Decoded {
                             consumed: pos,
                             message: Some(message),
+                            compressed,
                         });
                     }
                     continue;
@@ -244,6 +258,7 @@ impl Decoder {
                         return Ok(Decoded {
                             consumed: input.len(),
                             message: None,
+                            compressed: None,
                         });
                     }
                 }
@@ -262,6 +277,7 @@ impl Decoder {
                         return Ok(Decoded {
                             consumed: input.len(),
                             message: None,
+                            compressed: None,
                         });
                     }
                 }
@@ -304,6 +320,7 @@ impl Decoder {
                 return Ok(Decoded {
                     consumed: pos,
                     message: Some(message),
+                    compressed: None,
                 });
             }
             if h.fin && h.opcode != OpCode::Continuation {
@@ -312,6 +329,13 @@ impl Decoder {
                 debug_assert!(self.partial.as_deref().is_none_or(|p| p.msg.is_none()));
                 let input: &'a [u8] = input;
                 let payload = &input[start..pos];
+                if h.rsv & RSV1 != 0 {
+                    return Ok(Decoded {
+                        consumed: pos,
+                        message: Some(Message::Binary(payload)),
+                        compressed: Some(h.opcode),
+                    });
+                }
                 let message = if h.opcode == OpCode::Text {
                     Message::Text(
                         std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
@@ -322,14 +346,16 @@ impl Decoder {
                 return Ok(Decoded {
                     consumed: pos,
                     message: Some(message),
+                    compressed: None,
                 });
             }
             self.state().append_data(&input[start..pos])?;
             if h.fin {
-                let message = self.state().finish_assembled()?;
+                let (message, compressed) = self.state().finish_assembled()?;
                 return Ok(Decoded {
                     consumed: pos,
                     message: Some(message),
+                    compressed,
                 });
             }
         }
@@ -349,6 +375,11 @@ impl Decoder {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
             (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
             _ => {}
+        }
+        if h.rsv & RSV1 != 0 && (h.opcode.is_control() || h.opcode == OpCode::Continuation) {
+            // RFC 7692 §6.1: only the first frame of a data message may
+            // carry the compressed bit.
+            return Err(ProtocolError::ReservedBits);
         }
         if h.opcode.is_control() {
             return Ok(());
@@ -391,6 +422,7 @@ impl Decoder {
             // (also on the error below, as the decoder always has).
             let p = self.state();
             p.msg = Some(h.opcode);
+            p.compressed = h.rsv & RSV1 != 0;
             p.msg_len = 0;
             p.utf8.reset();
             p.buf.clear();
@@ -415,7 +447,7 @@ impl Partial {
 
     /// Append unmasked payload of the current data message, validating text.
     fn append_data(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
-        if self.msg == Some(OpCode::Text) && self.utf8.feed(chunk).is_err() {
+        if self.msg == Some(OpCode::Text) && !self.compressed && self.utf8.feed(chunk).is_err() {
             // Abandon the message. `finish_assembled` relies on `buf` holding
             // exactly the bytes the validator accepted; the validator may have
             // consumed part of this rejected chunk, so a caller that went on
@@ -446,8 +478,12 @@ impl Partial {
     }
 
     /// The final frame of an assembled message arrived.
-    fn finish_assembled(&mut self) -> Result<Message<'_>, ProtocolError> {
+    fn finish_assembled(&mut self) -> Result<(Message<'_>, Option<OpCode>), ProtocolError> {
         let op = self.msg.take();
+        if self.compressed {
+            self.compressed = false;
+            return Ok((Message::Binary(&self.buf), op));
+        }
         if op == Some(OpCode::Text) {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
             debug_assert!(std::str::from_utf8(&self.buf).is_ok());
@@ -455,9 +491,9 @@ impl Partial {
             // incremental validator accepted it, and `finish` confirmed no
             // code point is left open, so `buf` is valid UTF-8.
             let text = unsafe { std::str::from_utf8_unchecked(&self.buf) };
-            Ok(Message::Text(text))
+            Ok((Message::Text(text), None))
         } else {
-            Ok(Message::Binary(&self.buf))
+            Ok((Message::Binary(&self.buf), None))
         }
     }
 }
