@@ -303,4 +303,37 @@ mod tests {
         let p = Publication::new(Arc::from("c"), 1, Epoch(1), e);
         assert_eq!(p.payload(), b"hello");
     }
+
+    #[cfg(feature = "deflate")]
+    #[test]
+    fn deflated_frame_is_built_once_for_all_workers() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let p = Arc::new(Publication::new(
+            Arc::from("c"),
+            1,
+            Epoch(1),
+            Encoded::whole(Frame::text(&"x".repeat(1000))),
+        ));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let got: Vec<Option<Arc<[u8]>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|i| {
+                    let (p, calls) = (p.clone(), calls.clone());
+                    s.spawn(move || {
+                        p.deflated_with(|plain| {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(plain, p.frame().bytes());
+                            Some(Arc::from(vec![i as u8; 3]))
+                        })
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let first = got[0].clone().unwrap();
+        assert!(got
+            .iter()
+            .all(|g| g.as_ref().is_some_and(|g| Arc::ptr_eq(g, &first))));
+    }
 }
