@@ -136,6 +136,14 @@ pub struct Args {
     /// welcome, instead of `?since=CHANNEL:SEQ:EPOCH` in the upgrade request.
     #[arg(long)]
     pub resume_op: bool,
+    /// Offer permessage-deflate (RFC 7692) like a browser; compressed frames
+    /// are inflated and counted (`compressed`, `wire_bytes_per_msg`).
+    #[arg(long)]
+    pub deflate: bool,
+    /// Payload padding as JSON-like text (compresses like real JSON)
+    /// instead of the repeating alphabet.
+    #[arg(long)]
+    pub text_payload: bool,
     /// Internal: index of this child process (set by --procs).
     #[arg(long, hide = true)]
     pub child_index: Option<u32>,
@@ -218,6 +226,7 @@ fn build_config(a: &Args) -> Result<Config, String> {
         api_key: a.api_key.clone(),
         conns: a.conns,
         publisher: push && a.child_index.unwrap_or(0) == 0,
+        deflate: a.deflate,
     })
 }
 
@@ -584,6 +593,7 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
 
 fn main() {
     let a = Args::parse();
+    wire::TEXT_PAYLOAD.store(a.text_payload, std::sync::atomic::Ordering::Relaxed);
     if a.mode == Mode::Churn {
         std::process::exit(churn::main(&a));
     }

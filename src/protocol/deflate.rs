@@ -405,6 +405,23 @@ mod codec {
             r
         }
 
+        /// Inflate one message of a stream *with* context takeover (the
+        /// window of earlier messages is kept): what a client of a server
+        /// in dedicated mode does. Same limit as [`Inflater::inflate`].
+        pub fn inflate_with_context(
+            &mut self,
+            input: &[u8],
+            max: usize,
+            out: &mut Vec<u8>,
+        ) -> Result<(), InflateError> {
+            out.clear();
+            let r = self.run(input, max, out);
+            if r.is_err() {
+                self.d.reset(false);
+            }
+            r
+        }
+
         fn run(&mut self, input: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), InflateError> {
             let mut ended = false;
             for (part, is_tail) in [(input, false), (&TAIL[..], true)] {
