@@ -22,7 +22,11 @@ use wspush::protocol::{handshake, Decoder, DecoderConfig, OpCode, ProtocolError}
 // Negotiation
 
 fn neg(mode: Compression, headers: &[&str]) -> Option<Params> {
-    negotiate_values(headers.iter().map(|h| h.as_bytes()), mode)
+    let cfg = DeflateConfig {
+        mode,
+        ..Default::default()
+    };
+    negotiate_values(headers.iter().map(|h| h.as_bytes()), &cfg)
 }
 
 fn response(p: &Params) -> String {
@@ -106,6 +110,40 @@ fn each_parameter() {
     }
     // Off: nothing is negotiated.
     assert_eq!(neg(Compression::Off, &["permessage-deflate"]), None);
+}
+
+#[test]
+fn dedicated_window_is_bounded_by_the_server() {
+    let cfg = |max| DeflateConfig {
+        mode: DEDICATED,
+        max_window_bits: max,
+        ..Default::default()
+    };
+    let one = |c: &DeflateConfig, h: &str| negotiate_values([h.as_bytes()], c);
+    // Unasked, a smaller window is named in the response (§7.1.2.1).
+    let p = one(&cfg(10), "permessage-deflate").unwrap();
+    assert_eq!(p.server_max_window_bits, Some(10));
+    assert!(response(&p).ends_with("; server_max_window_bits=10\r\n"));
+    // The smaller of the client's and ours.
+    let p = one(&cfg(10), "permessage-deflate; server_max_window_bits=12").unwrap();
+    assert_eq!(p.server_max_window_bits, Some(10));
+    let p = one(&cfg(12), "permessage-deflate; server_max_window_bits=9").unwrap();
+    assert_eq!(p.server_max_window_bits, Some(9));
+    // 15 unasked: nothing named.
+    let p = one(&cfg(15), "permessage-deflate").unwrap();
+    assert_eq!(p.server_max_window_bits, None);
+    // Shared ignores it (its frames use 15).
+    let shared = DeflateConfig {
+        mode: SHARED,
+        max_window_bits: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        one(&shared, "permessage-deflate")
+            .unwrap()
+            .server_max_window_bits,
+        None
+    );
 }
 
 #[test]

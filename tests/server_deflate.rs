@@ -403,6 +403,34 @@ fn dedicated_mode_keeps_its_context_per_connection() {
 }
 
 #[test]
+fn dedicated_window_is_bounded_by_the_flag() {
+    let d = Daemon::start(&[
+        "--compression",
+        "dedicated",
+        "--compression-window-bits",
+        "10",
+    ]);
+    let mut c = Client::connect(d.addr, "/echo", OFFER);
+    assert_eq!(
+        c.extensions().as_deref(),
+        Some("permessage-deflate; client_no_context_takeover; server_max_window_bits=10")
+    );
+    let msg = json_kib();
+    let mut keep = Decompress::new_with_window_bits(false, 10);
+    for _ in 0..3 {
+        c.send_frame(0x81, msg.as_bytes());
+        let g = c.next().unwrap();
+        assert!(g.compressed);
+        let mut input = g.payload.clone();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut out = Vec::with_capacity(64 << 10);
+        keep.decompress_vec(&input, &mut out, FlushDecompress::Sync)
+            .unwrap();
+        assert_eq!(out, msg.as_bytes());
+    }
+}
+
+#[test]
 fn off_declines_and_rsv1_is_1002() {
     let d = Daemon::start(&["--compression", "off"]);
     let mut c = Client::connect(d.addr, "/echo", OFFER);

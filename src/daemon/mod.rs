@@ -66,6 +66,10 @@ pub struct Args {
     /// Messages shorter than this many bytes are sent uncompressed.
     #[arg(long, default_value_t = 64, env = "WSPUSH_COMPRESSION_MIN_SIZE")]
     pub compression_min_size: usize,
+    /// `dedicated`: largest LZ77 window of a connection's compressor, as
+    /// bits (9 to 15; 2^bits bytes).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u8).range(9..=15), env = "WSPUSH_COMPRESSION_WINDOW_BITS")]
+    pub compression_window_bits: u8,
     /// Time a client has to send its complete upgrade request, e.g. `10s`, `500ms`.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "WSPUSH_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Duration,
@@ -443,6 +447,7 @@ impl Args {
             compression: crate::protocol::deflate::DeflateConfig {
                 mode: self.compression,
                 min_size: self.compression_min_size,
+                max_window_bits: self.compression_window_bits,
             },
             history: HistoryConfig {
                 size: self.history_size,

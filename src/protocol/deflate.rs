@@ -13,7 +13,8 @@
 //!   holds no inflate state at all;
 //! - in [`Compression::Shared`] mode always `server_no_context_takeover`:
 //!   the same compressed bytes are valid for every recipient;
-//! - `server_max_window_bits=N` only when the client asked for it. In shared
+//! - `server_max_window_bits=N` when the client asked for it, or in
+//!   dedicated mode when `--compression-window-bits` is under 15. In shared
 //!   mode an offer with N < 15 is declined (the shared frames are compressed
 //!   with a 32 KiB window); in dedicated mode N = 9..15 is honoured and
 //!   N = 8 is declined: zlib cannot produce a raw deflate stream with a
@@ -67,6 +68,11 @@ pub struct DeflateConfig {
     /// Messages whose payload is shorter than this go uncompressed (RSV1
     /// clear, always allowed). Default 64 bytes.
     pub min_size: usize,
+    /// Largest LZ77 window of a dedicated compressor, 9..=15 (default 15):
+    /// answered as `server_max_window_bits` when smaller than what the
+    /// client allows (RFC 7692 §7.1.2.1 lets the server name it unasked).
+    /// Shared mode always uses 15.
+    pub max_window_bits: u8,
 }
 
 impl Default for DeflateConfig {
@@ -78,6 +84,7 @@ impl Default for DeflateConfig {
                 Compression::Off
             },
             min_size: 64,
+            max_window_bits: 15,
         }
     }
 }
@@ -124,15 +131,15 @@ pub fn negotiate(req: &Request<'_>, cfg: &DeflateConfig) -> Option<Params> {
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
         .map(|h| h.value);
-    negotiate_values(values, cfg.mode)
+    negotiate_values(values, cfg)
 }
 
 /// [`negotiate`] over raw header values (for tests and other front ends).
 pub fn negotiate_values<'a>(
     values: impl IntoIterator<Item = &'a [u8]>,
-    mode: Compression,
+    cfg: &DeflateConfig,
 ) -> Option<Params> {
-    if mode == Compression::Off {
+    if cfg.mode == Compression::Off {
         return None;
     }
     for value in values {
@@ -145,7 +152,7 @@ pub fn negotiate_values<'a>(
             let Some(offer) = parse_offer(parts) else {
                 continue;
             };
-            if let Some(p) = accept(&offer, mode) {
+            if let Some(p) = accept(&offer, cfg) {
                 return Some(p);
             }
         }
@@ -154,19 +161,26 @@ pub fn negotiate_values<'a>(
 }
 
 /// Our answer to a well-formed offer, or `None` to decline it.
-fn accept(o: &Offer, mode: Compression) -> Option<Params> {
+fn accept(o: &Offer, cfg: &DeflateConfig) -> Option<Params> {
     let _ = o.client_max_window_bits; // any client window is fine: we inflate with 15
     let _ = o.client_no_context_takeover; // we ask for it anyway
-    match (mode, o.server_max_window_bits) {
-        (Compression::Off, _) => None,
-        (Compression::Shared, Some(n)) if n < 15 => None,
-        (Compression::Dedicated, Some(8)) => None,
-        (_, bits) => Some(Params {
-            server_no_context_takeover: mode == Compression::Shared || o.server_no_context_takeover,
-            client_no_context_takeover: true,
-            server_max_window_bits: bits,
-        }),
-    }
+    let mode = cfg.mode;
+    let bits = match (mode, o.server_max_window_bits) {
+        (Compression::Off, _) => return None,
+        (Compression::Shared, Some(n)) if n < 15 => return None,
+        (Compression::Shared, offered) => offered,
+        (Compression::Dedicated, Some(8)) => return None,
+        (Compression::Dedicated, offered) => {
+            let ours = cfg.max_window_bits.clamp(9, 15);
+            let bits = offered.unwrap_or(15).min(ours);
+            (offered.is_some() || bits < 15).then_some(bits)
+        }
+    };
+    Some(Params {
+        server_no_context_takeover: mode == Compression::Shared || o.server_no_context_takeover,
+        client_no_context_takeover: true,
+        server_max_window_bits: bits,
+    })
 }
 
 /// Parse the parameters of one offer; `None` if malformed (unknown or
@@ -483,7 +497,11 @@ mod tests {
     use super::*;
 
     fn neg(v: &str, mode: Compression) -> Option<Params> {
-        negotiate_values([v.as_bytes()], mode)
+        let cfg = DeflateConfig {
+            mode,
+            ..Default::default()
+        };
+        negotiate_values([v.as_bytes()], &cfg)
     }
 
     #[test]

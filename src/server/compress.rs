@@ -135,13 +135,19 @@ mod codec {
     }
 
     /// The opcode and payload of an unmasked frame we encoded.
+    /// `None` unless `frame` is exactly one whole unmasked data or control
+    /// frame (FIN, no RSV bits): an embedder's pre-encoded bytes
+    /// ([`Frame::from_encoded`](crate::server::Frame::from_encoded)) may hold
+    /// fragments or several frames, which are then sent as they are.
     pub(crate) fn split_frame(frame: &[u8]) -> Option<(OpCode, &[u8])> {
-        let n = encode::header_len(frame);
-        if n == 0 {
+        let (h, n) = FrameHeader::parse(frame, 0).ok()??;
+        if !h.fin || h.mask.is_some() || h.opcode == OpCode::Continuation {
             return None;
         }
-        let op = OpCode::from_u8(frame[0] & 0x0f).ok()?;
-        Some((op, &frame[n..]))
+        if (frame.len() - n) as u64 != h.len {
+            return None;
+        }
+        Some((h.opcode, &frame[n..]))
     }
 
     impl Worker {
@@ -305,4 +311,28 @@ pub(crate) fn push_one(
     c.out
         .push_owned(q.pool, |v| dz.frame_for(key, ext, op, payload, v));
     admit(c, key, cause, q)
+}
+
+#[cfg(all(test, feature = "deflate"))]
+mod tests {
+    use super::split_frame;
+    use crate::protocol::{encode, OpCode};
+
+    #[test]
+    fn only_whole_single_frames_are_recompressed() {
+        let mut f = Vec::new();
+        encode::frame_into(&mut f, OpCode::Text, b"hello");
+        assert_eq!(split_frame(&f), Some((OpCode::Text, &b"hello"[..])));
+        // A fragment, two frames in one buffer, a truncated frame: sent as they are.
+        let mut frag = Vec::new();
+        encode::frame_header_into(&mut frag, false, OpCode::Text, 2);
+        frag.extend_from_slice(b"he");
+        assert_eq!(split_frame(&frag), None);
+        let two = [f.clone(), f.clone()].concat();
+        assert_eq!(split_frame(&two), None);
+        assert_eq!(split_frame(&f[..4]), None);
+        let mut cont = Vec::new();
+        encode::frame_into(&mut cont, OpCode::Continuation, b"x");
+        assert_eq!(split_frame(&cont), None);
+    }
 }
