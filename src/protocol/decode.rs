@@ -36,6 +36,9 @@ pub struct DecoderConfig {
     /// Largest accepted message (sum of its fragments); larger → 1009.
     pub max_message_size: u64,
     /// RSV bits a negotiated extension allows (0b100 = RSV1); others → 1002.
+    /// RSV1 is permessage-deflate's "compressed" bit (RFC 7692): a message
+    /// whose first frame has it is reported in [`Decoded::compressed`], and
+    /// RSV1 on a control or continuation frame is an error.
     pub allowed_rsv: u8,
 }
 
