@@ -45,6 +45,10 @@ pub struct Args {
     /// Target, ws://HOST:PORT/PATH (HOST an address or a name that resolves).
     #[arg(long, default_value = "ws://127.0.0.1:9001/echo")]
     pub url: String,
+    /// More targets (repeatable): with --procs K, process i connects to the
+    /// (i mod n)-th of --url and these (e.g. the nodes of a cluster).
+    #[arg(long = "also-url")]
+    pub also_url: Vec<String>,
     /// Connections in the whole run (all processes and threads); churn: subscribers.
     #[arg(
         short = 'c',
@@ -171,7 +175,9 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
 }
 
 fn build_config(a: &Args) -> Result<Config, String> {
-    let (addr, host, mut path) = parse_url(&a.url)?;
+    let targets: Vec<&String> = std::iter::once(&a.url).chain(&a.also_url).collect();
+    let target = targets[a.child_index.unwrap_or(0) as usize % targets.len()];
+    let (addr, host, mut path) = parse_url(target)?;
     let (mut api_addr, mut api_host) = (addr, host.clone());
     let push = a.mode == Mode::Push;
     if push {
@@ -181,6 +187,12 @@ fn build_config(a: &Args) -> Result<Config, String> {
         }
         let sep = if path.contains('?') { '&' } else { '?' };
         path = format!("{path}{sep}channel={}", a.channel);
+        if a.api_addr.is_none() && target != &a.url {
+            // The publisher posts to the first target.
+            let (ad, h, _) = parse_url(&a.url)?;
+            api_addr = ad;
+            api_host = h;
+        }
         if let Some(api) = &a.api_addr {
             let (ad, h, _) = parse_url(&format!("ws://{api}"))?;
             api_addr = ad;

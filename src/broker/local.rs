@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use super::history::{AgeList, HistoryConfig, Ring, CHANNEL_OVERHEAD};
 use super::{
-    Broker, Encoded, Epoch, HistoryPage, Joined, Position, Publication, PublishOptions, Published,
-    Totals,
+    Answer, Broker, Epoch, HistoryPage, Joined, Joiner, Meta, Position, Publication,
+    PublishOptions, Published, Reply, Totals,
 };
 use crate::server::hub::{Command, Hub, MAX_WORKERS};
 
@@ -191,8 +191,9 @@ impl Broker for LocalBroker {
         &self,
         channel: &str,
         opts: PublishOptions,
-        make: &mut dyn FnMut(u64) -> Encoded,
-    ) -> Published {
+        data: &[u8],
+        _later: &mut dyn FnMut() -> Reply<Published>,
+    ) -> Answer<Published> {
         let keep = opts.history && self.history.enabled();
         let workers = self.hub.workers().min(MAX_WORKERS);
         let mut wakes = [false; MAX_WORKERS];
@@ -214,7 +215,12 @@ impl Broker for LocalBroker {
                     ch.name.clone(),
                     ch.seq,
                     ch.epoch,
-                    make(ch.seq),
+                    opts.format.encode(&Meta {
+                        channel,
+                        seq: ch.seq,
+                        epoch: ch.epoch,
+                        data,
+                    }),
                 ));
                 for (w, &n) in ch.per_worker.iter().enumerate().take(workers) {
                     if n > 0 {
@@ -248,93 +254,25 @@ impl Broker for LocalBroker {
         if kept {
             self.evict(now);
         }
-        published
+        Answer::Now(Ok(published))
     }
 
-    fn join(&self, channel: &str, worker: usize, since: Option<Position>) -> Joined {
-        let cutoff = self.cutoff(self.now_ms());
-        let mut shard = self.shard(channel);
-        let ch = self.entry(&mut shard, channel);
-        if let Some(c) = ch.per_worker.get_mut(worker) {
-            *c += 1;
-            ch.total += 1;
-            if ch.total == 1 {
-                self.active.fetch_add(1, Ordering::Relaxed);
-            }
-            self.subscriptions.fetch_add(1, Ordering::Relaxed);
-        }
-        let position = ch.position();
-        let Some(since) = since else {
-            return Joined {
-                position,
-                recovered: None,
-                replay: Vec::new(),
-            };
-        };
-        self.expire(&mut ch.ring, cutoff);
-        let recovered = since.epoch == ch.epoch && ch.ring.covers(since.seq, ch.seq);
-        Joined {
-            position,
-            recovered: Some(recovered),
-            replay: if recovered && since.seq < ch.seq {
-                ch.ring.after(since.seq, usize::MAX)
-            } else {
-                Vec::new()
-            },
-        }
+    fn join(&self, channel: &str, who: Joiner, since: Option<Position>) -> Answer<Joined> {
+        Answer::Now(Ok(self.join_now(channel, who.worker, since)))
     }
 
     fn leave(&self, channel: &str, worker: usize) {
-        let mut shard = self.shard(channel);
-        let Some(ch) = shard.get_mut(channel) else {
-            return;
-        };
-        if let Some(c) = ch.per_worker.get_mut(worker) {
-            if *c > 0 {
-                *c -= 1;
-                ch.total -= 1;
-                if ch.total == 0 {
-                    self.active.fetch_sub(1, Ordering::Relaxed);
-                }
-                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        if ch.forgettable() {
-            shard.remove(channel);
-        }
+        self.leave_now(channel, worker)
     }
 
-    fn history(&self, channel: &str, since: Option<Position>, limit: usize) -> HistoryPage {
-        let cutoff = self.cutoff(self.now_ms());
-        let mut shard = self.shard(channel);
-        let Some(ch) = shard.get_mut(channel) else {
-            return HistoryPage {
-                position: Position {
-                    seq: 0,
-                    epoch: Epoch(0),
-                },
-                complete: since.is_none_or(|s| s.seq == 0),
-                publications: Vec::new(),
-            };
-        };
-        self.expire(&mut ch.ring, cutoff);
-        let from = since.map_or(0, |s| s.seq);
-        let known = since.is_none_or(|s| s.epoch == ch.epoch || s.epoch == Epoch(0));
-        let complete = known && (since.is_none() || ch.ring.covers(from, ch.seq));
-        let publications = if known {
-            ch.ring.after(from, limit)
-        } else {
-            ch.ring.after(0, limit)
-        };
-        let position = ch.position();
-        if ch.forgettable() {
-            shard.remove(channel);
-        }
-        HistoryPage {
-            position,
-            complete,
-            publications,
-        }
+    fn history(
+        &self,
+        channel: &str,
+        since: Option<Position>,
+        limit: usize,
+        _later: &mut dyn FnMut() -> Reply<HistoryPage>,
+    ) -> Answer<HistoryPage> {
+        Answer::Now(Ok(self.history_now(channel, since, limit)))
     }
 
     fn channel(&self, channel: &str) -> (u64, Position) {
@@ -370,6 +308,94 @@ impl Broker for LocalBroker {
     fn maintain(&self) {
         if self.history.enabled() {
             self.evict(self.now_ms());
+        }
+    }
+}
+
+impl LocalBroker {
+    fn join_now(&self, channel: &str, worker: usize, since: Option<Position>) -> Joined {
+        let cutoff = self.cutoff(self.now_ms());
+        let mut shard = self.shard(channel);
+        let ch = self.entry(&mut shard, channel);
+        if let Some(c) = ch.per_worker.get_mut(worker) {
+            *c += 1;
+            ch.total += 1;
+            if ch.total == 1 {
+                self.active.fetch_add(1, Ordering::Relaxed);
+            }
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        let position = ch.position();
+        let Some(since) = since else {
+            return Joined {
+                position,
+                recovered: None,
+                replay: Vec::new(),
+            };
+        };
+        self.expire(&mut ch.ring, cutoff);
+        let recovered = since.epoch == ch.epoch && ch.ring.covers(since.seq, ch.seq);
+        Joined {
+            position,
+            recovered: Some(recovered),
+            replay: if recovered && since.seq < ch.seq {
+                ch.ring.after(since.seq, usize::MAX)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn leave_now(&self, channel: &str, worker: usize) {
+        let mut shard = self.shard(channel);
+        let Some(ch) = shard.get_mut(channel) else {
+            return;
+        };
+        if let Some(c) = ch.per_worker.get_mut(worker) {
+            if *c > 0 {
+                *c -= 1;
+                ch.total -= 1;
+                if ch.total == 0 {
+                    self.active.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if ch.forgettable() {
+            shard.remove(channel);
+        }
+    }
+
+    fn history_now(&self, channel: &str, since: Option<Position>, limit: usize) -> HistoryPage {
+        let cutoff = self.cutoff(self.now_ms());
+        let mut shard = self.shard(channel);
+        let Some(ch) = shard.get_mut(channel) else {
+            return HistoryPage {
+                position: Position {
+                    seq: 0,
+                    epoch: Epoch(0),
+                },
+                complete: since.is_none_or(|s| s.seq == 0),
+                publications: Vec::new(),
+            };
+        };
+        self.expire(&mut ch.ring, cutoff);
+        let from = since.map_or(0, |s| s.seq);
+        let known = since.is_none_or(|s| s.epoch == ch.epoch || s.epoch == Epoch(0));
+        let complete = known && (since.is_none() || ch.ring.covers(from, ch.seq));
+        let publications = if known {
+            ch.ring.after(from, limit)
+        } else {
+            ch.ring.after(0, limit)
+        };
+        let position = ch.position();
+        if ch.forgettable() {
+            shard.remove(channel);
+        }
+        HistoryPage {
+            position,
+            complete,
+            publications,
         }
     }
 }

@@ -10,11 +10,17 @@
 //! every worker sees a channel's publications in sequence order). Workers
 //! queue its frame on each subscriber.
 //!
-//! [`Broker`] is the boundary a second implementation (Redis) plugs in
-//! behind; [`local::LocalBroker`] is the in-process one.
+//! [`Broker`] is the boundary: [`local::LocalBroker`] is the in-process
+//! implementation; `redis::RedisBroker` (feature `redis`) joins several
+//! nodes through Redis. A broker may answer a publication, a subscription
+//! or a history read at once ([`Answer::Now`]) or later, from its own
+//! threads ([`Answer::Later`]): workers never wait for it.
 
+pub mod format;
 pub mod history;
 pub mod local;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::fmt;
 use std::ops::Range;
@@ -23,7 +29,10 @@ use std::sync::Arc;
 
 use crate::server::Frame;
 
+pub use format::{Format, Meta};
 pub use local::LocalBroker;
+
+use crate::server::ConnId;
 
 /// The identity of a channel's stream: a random id, new whenever the
 /// stream's continuity is lost (first use, a restart, the channel's state
@@ -179,17 +188,107 @@ impl Encoded {
     }
 }
 
-/// How a publication is kept.
+/// How a publication is built and kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishOptions {
     /// Record it in the channel's history (when history is enabled).
     pub history: bool,
+    /// How its frame is built from its data.
+    pub format: Format,
 }
 
 impl Default for PublishOptions {
     fn default() -> Self {
-        PublishOptions { history: true }
+        PublishOptions {
+            history: true,
+            format: Format::FRAME,
+        }
     }
+}
+
+impl PublishOptions {
+    /// Kept in history (when enabled), built by `format`.
+    pub const fn kept(format: Format) -> Self {
+        PublishOptions {
+            history: true,
+            format,
+        }
+    }
+
+    /// Never kept in history (e.g. a user's private topic), built by `format`.
+    pub const fn unkept(format: Format) -> Self {
+        PublishOptions {
+            history: false,
+            format,
+        }
+    }
+}
+
+/// The broker cannot take the request now (e.g. Redis is unreachable);
+/// nothing was published or subscribed. The text says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable(pub Arc<str>);
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a later answer goes (called once, on a broker thread).
+pub type Reply<T> = Box<dyn FnOnce(Result<T, Unavailable>) + Send>;
+
+/// A broker's answer: now, or later through the [`Reply`] it asked for.
+#[derive(Debug)]
+pub enum Answer<T> {
+    /// The answer.
+    Now(Result<T, Unavailable>),
+    /// The reply will be called with it.
+    Later,
+}
+
+/// Who subscribes: the connection and its worker (a later [`Joined`]
+/// reaches the worker as a command and the handler's
+/// [`on_joined`](crate::server::Handler::on_joined)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joiner {
+    /// The worker running the connection.
+    pub worker: usize,
+    /// The connection.
+    pub conn: ConnId,
+}
+
+/// A message for connections that may live on another node.
+#[derive(Debug, Clone)]
+pub enum Relay {
+    /// Queue a message (built by `format` from `data`) on one connection.
+    Send(ConnId, Format, Arc<[u8]>),
+    /// Close one connection with a code and reason.
+    Close(ConnId, u16, Arc<str>),
+    /// Queue a message on every open WebSocket of every node.
+    Broadcast(Format, Arc<[u8]>),
+}
+
+/// The broker's link to its backend, for `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Working (always, for the in-process broker).
+    Ok,
+    /// Up, but publications are refused: the reason.
+    Degraded(String),
+}
+
+/// A node of a cluster as the broker last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's id (the one its connection ids carry).
+    pub id: u16,
+    /// WebSocket connections it held at its last heartbeat.
+    pub connections: u64,
+    /// Seconds since its last heartbeat.
+    pub age_ms: u64,
+    /// This node.
+    pub this: bool,
 }
 
 /// What a publication reached.
@@ -249,35 +348,67 @@ pub struct Totals {
 /// The broker boundary: everything workers and the push layer ask of
 /// channel order, subscriptions and history.
 pub trait Broker: Send + Sync + 'static {
-    /// Publish on `channel`: assign the next sequence number, build the
-    /// frame with `make(seq)` (only when someone will use it), record it
-    /// and hand it to every worker with subscribers.
+    /// Publish `data` on `channel`: assign the next sequence number, build
+    /// the frame with `opts.format` (once, and only when someone will use
+    /// it), record it and hand it to every worker with subscribers. A
+    /// broker that answers later calls `later()` for the reply it will use.
     fn publish(
         &self,
         channel: &str,
         opts: PublishOptions,
-        make: &mut dyn FnMut(u64) -> Encoded,
-    ) -> Published;
+        data: &[u8],
+        later: &mut dyn FnMut() -> Reply<Published>,
+    ) -> Answer<Published>;
 
-    /// A connection on `worker` subscribes to `channel`; with `since`, the
-    /// publications after it are returned for replay when the history holds
-    /// all of them.
-    fn join(&self, channel: &str, worker: usize, since: Option<Position>) -> Joined;
+    /// A connection subscribes to `channel`; with `since`, the publications
+    /// after it are returned for replay when the history holds all of them.
+    /// [`Answer::Later`]: the worker receives the answer as a command.
+    fn join(&self, channel: &str, who: Joiner, since: Option<Position>) -> Answer<Joined>;
 
     /// A connection on `worker` unsubscribed from `channel` (or went away).
     fn leave(&self, channel: &str, worker: usize);
 
     /// Publications of `channel` after `since` (all held when `None`), at most `limit`.
-    fn history(&self, channel: &str, since: Option<Position>, limit: usize) -> HistoryPage;
+    fn history(
+        &self,
+        channel: &str,
+        since: Option<Position>,
+        limit: usize,
+        later: &mut dyn FnMut() -> Reply<HistoryPage>,
+    ) -> Answer<HistoryPage>;
 
-    /// `(subscribers on all workers, current position)` of a channel.
+    /// `(subscribers on this node's workers, last known position)` of a channel.
     fn channel(&self, channel: &str) -> (u64, Position);
 
-    /// Counts over all channels.
+    /// Counts over all channels (this node).
     fn totals(&self) -> Totals;
 
     /// Periodic upkeep (expire history by age); called about once a second.
     fn maintain(&self);
+
+    /// This node's id in its cluster (0: a single node); connection ids
+    /// carry it.
+    fn node(&self) -> u16 {
+        0
+    }
+
+    /// Deliver a message to connections on other nodes (or, for a
+    /// broadcast, on every node including this one). The answer is the
+    /// number of nodes that took it. A single node has no other: `Now(Ok(0))`.
+    fn relay(&self, msg: Relay, later: &mut dyn FnMut() -> Reply<u64>) -> Answer<u64> {
+        let _ = (msg, later);
+        Answer::Now(Ok(0))
+    }
+
+    /// Whether the broker's backend works.
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+
+    /// The nodes of the cluster (empty for a single node).
+    fn nodes(&self) -> Vec<NodeInfo> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -152,6 +152,15 @@ pub struct Args {
     /// its frame, its channel name and 256 B); past it the oldest go first.
     #[arg(long, default_value_t = 64 << 20, env = "WSPUSH_HISTORY_MAX_BYTES")]
     pub history_max_bytes: usize,
+    /// Join other wspush nodes through Redis, e.g. `redis://127.0.0.1:6379/0`:
+    /// channel order, history, user and connection pushes become
+    /// cluster-wide. Without it the node stands alone and needs no Redis.
+    #[arg(long = "redis", env = "WSPUSH_REDIS", value_delimiter = ',')]
+    pub redis: Vec<String>,
+    /// How long connecting to Redis, and any one Redis request, may take
+    /// (the start fails if Redis cannot be reached in this time).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "WSPUSH_REDIS_TIMEOUT")]
+    pub redis_timeout: Duration,
     /// Serve `wss://` and `https://` with this certificate chain (PEM, leaf
     /// first); needs --tls-key. SIGHUP re-reads both files.
     #[arg(long, env = "WSPUSH_TLS_CERT", requires = "tls_key")]
@@ -318,6 +327,24 @@ impl Args {
         if self.max_connections == Some(0) {
             return Err("--max-connections must be at least 1".into());
         }
+        if self.redis.len() > 1 {
+            return Err(
+                "--redis: one URL (Redis Cluster is not supported yet; use one standalone Redis)"
+                    .into(),
+            );
+        }
+        for url in &self.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://"))
+                || ::redis::Client::open(url.as_str()).is_err()
+            {
+                return Err(format!(
+                    "--redis {url:?}: not a Redis URL (redis://host:port[/db])"
+                ));
+            }
+        }
+        if !self.redis.is_empty() && self.redis_timeout.is_zero() {
+            return Err("--redis-timeout must be more than 0".into());
+        }
         let largest = self.max_message_size.max(self.max_publish_size);
         if self.max_pending_bytes < largest {
             return Err(format!(
@@ -454,6 +481,10 @@ impl Args {
                 ttl: self.history_ttl,
                 max_bytes: self.history_max_bytes,
             },
+            redis: (!self.redis.is_empty()).then(|| crate::broker::redis::RedisConfig {
+                urls: self.redis.clone(),
+                timeout: self.redis_timeout,
+            }),
             ..Config::default()
         }
     }
@@ -641,13 +672,15 @@ pub fn run(mut args: Args) -> io::Result<()> {
             let api_cfg = Config {
                 listen: addr,
                 workers: 1,
+                // It publishes through the main server's broker.
+                redis: None,
                 ..cfg.clone()
             };
             let (s3, h3) = (shared.clone(), main_handle.clone());
             Some(
                 Server::builder()
                     .config(api_cfg)
-                    .build(move |_, _| PushService::api_only(s3.clone(), h3.clone()))?,
+                    .build(move |_, own| PushService::api_only(s3.clone(), h3.clone(), own))?,
             )
         }
         None => None,
@@ -674,7 +707,7 @@ pub fn run(mut args: Args) -> io::Result<()> {
     };
     watch_signals(handles, reload)?;
     log::info!(
-        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}, history {}, max-pending-bytes {} B, tls {}",
+        "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}, history {}, max-pending-bytes {} B, tls {}, redis {}",
         server.local_addr(),
         main_handle.workers(),
         cfg.max_connections,
@@ -703,6 +736,10 @@ pub fn run(mut args: Args) -> io::Result<()> {
         cfg.max_pending_bytes,
         match &args.tls_cert {
             Some(c) => format!("on ({})", c.display()),
+            None => "off".to_string(),
+        },
+        match args.redis.first() {
+            Some(u) => format!("{u} (node {})", main_handle.broker().node()),
             None => "off".to_string(),
         },
     );

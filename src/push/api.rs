@@ -9,6 +9,7 @@
 //! | `DELETE /connections/{id}` | close a connection (1000) | `{"connection","closed"}` |
 //! | `GET /history/{channel}?since=N&epoch=E&limit=M` | publications after N | `{"channel","seq","epoch","complete","publications":[{"seq","data"}]}` |
 //! | `GET /stats`, `GET /metrics` | counters (JSON, Prometheus) | |
+//! | `GET /nodes` | the cluster's nodes (with `--redis`) | `{"node","nodes":[{"id","connections","age_ms","this"}]}` |
 //!
 //! The body of a push is its data: a JSON value when the request says
 //! `Content-Type: application/json`, else a string. With an API key every
@@ -19,11 +20,13 @@ use std::sync::atomic::Ordering;
 
 use super::channel::valid_name;
 use super::envelope::{self, json_str};
-use super::{auth, json_error, metrics, parse_conn_id, user_topic, PushService, NO_HISTORY};
-use crate::broker::{Encoded, Epoch, Position, PublishOptions};
+use super::{auth, json_error, metrics, parse_conn_id, user_topic, PushService};
+use crate::broker::{
+    Answer, Epoch, HistoryPage, Position, PublishOptions, Published, Relay, Reply, Unavailable,
+};
 use crate::protocol::http::percent_decode;
 use crate::protocol::{close, Request};
-use crate::server::{ConnInfo, Response};
+use crate::server::{ConnId, ConnInfo, Response};
 
 /// Longest user id accepted in a path.
 const MAX_USER_ID: usize = 256;
@@ -50,12 +53,18 @@ pub fn serve(svc: &PushService, req: &Request<'_>, info: &ConnInfo<'_>) -> Optio
             "text/plain; version=0.0.4; charset=utf-8",
             metrics::prometheus(svc),
         ),
-        Route::Publish => publish(svc, req, &path["/publish/".len()..]),
-        Route::Broadcast => broadcast(svc, req),
-        Route::Send => send(svc, req, &path["/send/".len()..]),
-        Route::UserSend => user_send(svc, req, &path["/users/".len()..path.len() - "/send".len()]),
-        Route::Disconnect => disconnect(svc, &path["/connections/".len()..]),
-        Route::History => history(svc, req, &path["/history/".len()..]),
+        Route::Publish => publish(svc, req, info.id, &path["/publish/".len()..]),
+        Route::Broadcast => broadcast(svc, req, info.id),
+        Route::Send => send(svc, req, info.id, &path["/send/".len()..]),
+        Route::UserSend => user_send(
+            svc,
+            req,
+            info.id,
+            &path["/users/".len()..path.len() - "/send".len()],
+        ),
+        Route::Disconnect => disconnect(svc, info.id, &path["/connections/".len()..]),
+        Route::History => history(svc, req, info.id, &path["/history/".len()..]),
+        Route::Nodes => nodes(svc),
     })
 }
 
@@ -69,6 +78,7 @@ enum Route {
     UserSend,
     Disconnect,
     History,
+    Nodes,
 }
 
 impl Route {
@@ -77,6 +87,7 @@ impl Route {
             "/stats" => Route::Stats,
             "/metrics" => Route::Metrics,
             "/broadcast" => Route::Broadcast,
+            "/nodes" => Route::Nodes,
             p if p.starts_with("/publish/") => Route::Publish,
             p if p.starts_with("/send/") => Route::Send,
             p if p.starts_with("/users/")
@@ -93,7 +104,7 @@ impl Route {
 
     fn method(self) -> &'static str {
         match self {
-            Route::Stats | Route::Metrics | Route::History => "GET",
+            Route::Stats | Route::Metrics | Route::History | Route::Nodes => "GET",
             Route::Disconnect => "DELETE",
             _ => "POST",
         }
@@ -183,7 +194,45 @@ fn count(svc: &PushService) {
     svc.shared().publications.fetch_add(1, Ordering::Relaxed);
 }
 
-fn publish(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
+/// The answer to an API call the broker may answer later: `render` makes
+/// the response now, or (deferred) when the broker's reply comes.
+fn answer<T: 'static>(
+    svc: &PushService,
+    conn: ConnId,
+    call: impl FnOnce(&mut dyn FnMut() -> Reply<T>) -> Answer<T>,
+    render: impl Fn(Result<T, Unavailable>) -> Response + Send + Clone + 'static,
+) -> Response {
+    let handle = svc.own_handle().clone();
+    let later = render.clone();
+    let mut reply = || -> Reply<T> {
+        let (handle, render) = (handle.clone(), later.clone());
+        Box::new(move |r| {
+            handle.respond(conn, render(r));
+        })
+    };
+    match call(&mut reply) {
+        Answer::Now(r) => render(r),
+        Answer::Later => Response::deferred(),
+    }
+}
+
+/// What a publication reached: its subscribers on a single node, the
+/// nodes that hear the channel in a cluster (each node counts its own).
+fn reached(cluster: bool, n: u64) -> String {
+    if cluster {
+        format!("\"nodes\":{n}")
+    } else {
+        format!("\"recipients\":{n}")
+    }
+}
+
+/// 503 for a broker that cannot take the request (nothing was done).
+fn unavailable(e: &Unavailable) -> Response {
+    log::debug!("API request refused: {e}");
+    json_error(503, &format!("unavailable: {e}")).header("Retry-After", "1")
+}
+
+fn publish(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> Response {
     let channel = percent_decode(raw).unwrap_or_default();
     if !valid_name(&channel) {
         return json_error(400, super::CHANNEL_RULE);
@@ -192,29 +241,68 @@ fn publish(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
         Ok(d) => d,
         Err(r) => return r,
     };
-    let p = svc
-        .handle()
-        .publish_with(&channel, PublishOptions::default(), |seq| {
-            envelope::channel_push(&channel, seq, &data)
-        });
-    count(svc);
-    Response::json(
-        200,
-        format!(
-            "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",\"recipients\":{}}}\n",
-            json_str(&channel),
-            p.seq,
-            p.epoch,
-            p.recipients
-        ),
+    let opts = PublishOptions::kept(envelope::CHANNEL);
+    let shared = svc.shared().clone();
+    let name = channel.clone();
+    let cluster = svc.handle().broker().node() != 0;
+    answer(
+        svc,
+        conn,
+        |later| {
+            svc.handle()
+                .publish_with(&channel, opts, data.as_bytes(), later)
+        },
+        move |r: Result<Published, Unavailable>| match r {
+            Ok(p) => {
+                shared.publications.fetch_add(1, Ordering::Relaxed);
+                Response::json(
+                    200,
+                    format!(
+                        "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",{}}}\n",
+                        json_str(&name),
+                        p.seq,
+                        p.epoch,
+                        reached(cluster, p.recipients)
+                    ),
+                )
+            }
+            Err(e) => unavailable(&e),
+        },
     )
 }
 
-fn broadcast(svc: &PushService, req: &Request<'_>) -> Response {
+/// A relayed message's answer: how many nodes took it (a broadcast), or
+/// whether the connection's node did.
+fn relayed(
+    svc: &PushService,
+    conn: ConnId,
+    msg: Relay,
+    render: impl Fn(u64) -> Response + Send + Clone + 'static,
+) -> Response {
+    answer(
+        svc,
+        conn,
+        |later| svc.handle().broker().relay(msg, later),
+        move |r| match r {
+            Ok(n) => render(n),
+            Err(e) => unavailable(&e),
+        },
+    )
+}
+
+fn broadcast(svc: &PushService, req: &Request<'_>, conn: ConnId) -> Response {
     let data = match data_of(req) {
         Ok(d) => d,
         Err(r) => return r,
     };
+    if svc.handle().broker().node() != 0 {
+        let shared = svc.shared().clone();
+        let msg = Relay::Broadcast(envelope::BROADCAST, data.into_bytes().into());
+        return relayed(svc, conn, msg, move |nodes| {
+            shared.publications.fetch_add(1, Ordering::Relaxed);
+            Response::json(200, format!("{{\"nodes\":{nodes}}}\n"))
+        });
+    }
     let recipients = svc
         .handle()
         .stats()
@@ -226,17 +314,34 @@ fn broadcast(svc: &PushService, req: &Request<'_>) -> Response {
     Response::json(200, format!("{{\"recipients\":{recipients}}}\n"))
 }
 
-fn send(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
+fn send(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> Response {
     let Some(id) = parse_conn_id(raw) else {
         return json_error(400, "connection ids are decimal numbers");
     };
-    if !svc.shared().is_live(id.as_u64()) {
+    if id.is_local() && !svc.shared().is_live(id.as_u64()) {
         return json_error(404, "no such connection");
     }
     let data = match data_of(req) {
         Ok(d) => d,
         Err(r) => return r,
     };
+    if !id.is_local() {
+        let shared = svc.shared().clone();
+        let msg = Relay::Send(id, envelope::DIRECT, data.into_bytes().into());
+        return relayed(svc, conn, msg, move |nodes| {
+            if nodes == 0 {
+                return json_error(404, "no such connection (its node is not connected)");
+            }
+            shared.publications.fetch_add(1, Ordering::Relaxed);
+            Response::json(
+                200,
+                format!(
+                    "{{\"connection\":\"{id}\",\"node\":{},\"relayed\":true}}\n",
+                    id.node()
+                ),
+            )
+        });
+    }
     svc.handle().send(id, envelope::direct_push(&data));
     count(svc);
     Response::json(
@@ -245,7 +350,7 @@ fn send(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
     )
 }
 
-fn user_send(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
+fn user_send(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> Response {
     let user = percent_decode(raw).unwrap_or_default();
     if user.is_empty() || user.len() > MAX_USER_ID || user.contains('/') {
         return json_error(400, "bad user id");
@@ -254,27 +359,50 @@ fn user_send(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
         Ok(d) => d,
         Err(r) => return r,
     };
-    let frame = envelope::direct_push(&data);
-    let p = svc
-        .handle()
-        .publish_with(&user_topic(&user), NO_HISTORY, |_| {
-            Encoded::whole(frame.clone())
-        });
-    count(svc);
-    Response::json(
-        200,
-        format!(
-            "{{\"user\":{},\"recipients\":{}}}\n",
-            json_str(&user),
-            p.recipients
-        ),
+    let topic = user_topic(&user);
+    let opts = PublishOptions::unkept(envelope::DIRECT);
+    let shared = svc.shared().clone();
+    let cluster = svc.handle().broker().node() != 0;
+    answer(
+        svc,
+        conn,
+        |later| {
+            svc.handle()
+                .publish_with(&topic, opts, data.as_bytes(), later)
+        },
+        move |r: Result<Published, Unavailable>| match r {
+            Ok(p) => {
+                shared.publications.fetch_add(1, Ordering::Relaxed);
+                Response::json(
+                    200,
+                    format!(
+                        "{{\"user\":{},{}}}\n",
+                        json_str(&user),
+                        reached(cluster, p.recipients)
+                    ),
+                )
+            }
+            Err(e) => unavailable(&e),
+        },
     )
 }
 
-fn disconnect(svc: &PushService, raw: &str) -> Response {
+fn disconnect(svc: &PushService, conn: ConnId, raw: &str) -> Response {
     let Some(id) = parse_conn_id(raw) else {
         return json_error(400, "connection ids are decimal numbers");
     };
+    if !id.is_local() {
+        let msg = Relay::Close(id, close::NORMAL, "closed by the server".into());
+        return relayed(svc, conn, msg, move |nodes| {
+            if nodes == 0 {
+                return json_error(404, "no such connection (its node is not connected)");
+            }
+            Response::json(
+                200,
+                format!("{{\"connection\":\"{id}\",\"closed\":true}}\n"),
+            )
+        });
+    }
     if !svc.shared().is_live(id.as_u64()) {
         return json_error(404, "no such connection");
     }
@@ -286,10 +414,34 @@ fn disconnect(svc: &PushService, raw: &str) -> Response {
     )
 }
 
+/// The cluster's nodes as this node last heard of them (its heartbeat
+/// reads them from Redis about once a second).
+fn nodes(svc: &PushService) -> Response {
+    let broker = svc.handle().broker();
+    let list: Vec<String> = broker
+        .nodes()
+        .iter()
+        .map(|n| {
+            format!(
+                "{{\"id\":{},\"connections\":{},\"age_ms\":{},\"this\":{}}}",
+                n.id, n.connections, n.age_ms, n.this
+            )
+        })
+        .collect();
+    Response::json(
+        200,
+        format!(
+            "{{\"node\":{},\"nodes\":[{}]}}\n",
+            broker.node(),
+            list.join(",")
+        ),
+    )
+}
+
 /// Most publications one history request returns.
 const MAX_HISTORY_LIMIT: usize = 1000;
 
-fn history(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
+fn history(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> Response {
     let channel = percent_decode(raw).unwrap_or_default();
     if !valid_name(&channel) {
         return json_error(400, super::CHANNEL_RULE);
@@ -317,10 +469,22 @@ fn history(svc: &PushService, req: &Request<'_>, raw: &str) -> Response {
         // Without an epoch the caller means "this stream, whatever its epoch".
         epoch: epoch.unwrap_or(Epoch(0)),
     });
-    let page = svc.handle().broker().history(&channel, since, limit);
+    let name = channel.clone();
+    answer(
+        svc,
+        conn,
+        |later| svc.handle().broker().history(&channel, since, limit, later),
+        move |r| match r {
+            Ok(page) => history_page(&name, &page),
+            Err(e) => unavailable(&e),
+        },
+    )
+}
+
+fn history_page(channel: &str, page: &HistoryPage) -> Response {
     let mut body = format!(
         "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",\"complete\":{},\"publications\":[",
-        json_str(&channel),
+        json_str(channel),
         page.position.seq,
         page.position.epoch,
         page.complete

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::broker::{Encoded, Epoch, Position};
+use crate::broker::{Encoded, Epoch, Format, Meta, Position};
 use crate::server::Frame;
 
 /// A client's control message.
@@ -284,6 +284,24 @@ pub fn channel_push(channel: &str, seq: u64, data: &str) -> Encoded {
         frame,
         payload: header + start..header + end,
     }
+}
+
+/// Publications of a channel: the data is JSON text, wrapped by [`channel_push`].
+pub const CHANNEL: Format = Format(8);
+/// Targeted pushes (a user, a connection): wrapped by [`direct_push`].
+pub const DIRECT: Format = Format(9);
+/// Broadcasts: wrapped by [`broadcast_push`].
+pub const BROADCAST: Format = Format(10);
+
+fn data_text<'a>(m: &Meta<'a>) -> &'a str {
+    std::str::from_utf8(m.data).unwrap_or("null")
+}
+
+/// Register the push service's formats (idempotent).
+pub fn register_formats() {
+    CHANNEL.register(|m| channel_push(m.channel, m.seq, data_text(m)));
+    DIRECT.register(|m| Encoded::whole(direct_push(data_text(m))));
+    BROADCAST.register(|m| Encoded::whole(broadcast_push(data_text(m))));
 }
 
 /// The push for a broadcast: `{"broadcast":true,"data":D}`.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::broker::{Encoded, Position, PublishOptions};
+use crate::broker::{Answer, Format, Joined, Position, PublishOptions, Reply, Unavailable};
 use crate::protocol::http::percent_decode;
 use crate::protocol::{close, HttpError, Message, Request};
 use crate::server::{CloseReason, ConnId, ConnInfo, Context, Frame, Handle, Handler, Response};
@@ -117,6 +117,7 @@ const LIVE_SHARDS: usize = 16;
 impl Shared {
     /// Shared state for a service with these settings.
     pub fn new(cfg: PushConfig) -> Arc<Shared> {
+        envelope::register_formats();
         let secrets = Secrets {
             jwt_secret: cfg.jwt_secret.clone(),
             api_key: cfg.api_key.clone(),
@@ -187,6 +188,9 @@ pub struct Session {
     strike_at: u32,
 }
 
+/// A subscription waiting for the broker: channel, the request's `id`, `since`.
+type Waiting = (Arc<str>, Option<Box<str>>, Option<Position>);
+
 /// The rarer parts of a session.
 #[derive(Debug, Default)]
 struct SessionExtra {
@@ -204,6 +208,9 @@ struct SessionExtra {
     /// Channels from the query string, subscribed on open (with the
     /// position to resume after, from `since=`).
     initial: Vec<(String, Option<Position>)>,
+    /// Subscriptions whose broker answer is still to come (Redis): the
+    /// channel, the request's `id` and the resume position asked.
+    waiting: Vec<Waiting>,
 }
 
 /// Seconds since the first call (a process-wide coarse clock).
@@ -293,6 +300,9 @@ pub struct PushService {
     handle: Handle,
     /// Only the API (a separate `--api-listen` server): no WebSockets, no page.
     api_only: bool,
+    /// The handle of the server running this service (where deferred
+    /// answers to its HTTP requests go); `handle` unless `api_only`.
+    own: Handle,
 }
 
 impl PushService {
@@ -300,18 +310,25 @@ impl PushService {
     pub fn new(shared: Arc<Shared>, handle: Handle) -> Self {
         PushService {
             shared,
+            own: handle.clone(),
             handle,
             api_only: false,
         }
     }
 
     /// The handler for a separate API listener, pushing through `main`.
-    pub fn api_only(shared: Arc<Shared>, main: Handle) -> Self {
+    pub fn api_only(shared: Arc<Shared>, main: Handle, own: Handle) -> Self {
         PushService {
             shared,
             handle: main,
             api_only: true,
+            own,
         }
+    }
+
+    /// The handle of the server running this service (for deferred answers).
+    pub fn own_handle(&self) -> &Handle {
+        &self.own
     }
 
     /// The shared state.
@@ -462,7 +479,7 @@ impl PushService {
             Control::Ping => ctx.send_text(&envelope::reply_pong(id)),
             Control::Refresh(token) => self.refresh(s, &token, ctx, id),
             Control::Subscribe(ch, since) => {
-                if !subscribe(ctx, &ch, since, id) {
+                if !subscribe(s, ctx, &ch, since, id) {
                     // Harmless (no strike); the subscription goes on as it was.
                     ctx.send_text(&envelope::reply_error(
                         "already_subscribed",
@@ -484,15 +501,26 @@ impl PushService {
                 ctx.send_text(&envelope::reply_channel("unsubscribed", &ch, id));
             }
             Control::Publish(ch, data) => {
-                let p = self
+                let opts = PublishOptions::kept(envelope::CHANNEL);
+                let shared = self.shared.clone();
+                let answer = self
                     .handle
-                    .publish_with(&ch, PublishOptions::default(), |seq| {
-                        envelope::channel_push(&ch, seq, &data)
+                    .publish_with(&ch, opts, data.as_bytes(), &mut || {
+                        let (handle, conn, ch, id) = (
+                            self.handle.clone(),
+                            ctx.id(),
+                            ch.clone(),
+                            id.map(String::from),
+                        );
+                        let shared = shared.clone();
+                        Box::new(move |r| {
+                            let text = published_reply(&shared, &ch, r, id.as_deref());
+                            handle.send(conn, Frame::text(&text));
+                        })
                     });
-                self.shared
-                    .publications
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                ctx.send_text(&envelope::reply_published(&ch, p.seq, id));
+                if let Answer::Now(r) = answer {
+                    ctx.send_text(&published_reply(&self.shared, &ch, r, id));
+                }
             }
         }
     }
@@ -555,6 +583,7 @@ impl Handler for PushService {
                     exp,
                     armed: None,
                     initial,
+                    waiting: Vec::new(),
                 })
             });
         Ok(Session {
@@ -595,6 +624,8 @@ impl Handler for PushService {
                              ({ws} WebSockets, the rest in their HTTP handshake)\n"
                         ),
                     )
+                } else if let crate::broker::Health::Degraded(why) = self.handle.broker().health() {
+                    Response::text(503, format!("degraded: {why}\n"))
                 } else {
                     Response::text(200, "ok\n")
                 }
@@ -647,13 +678,15 @@ impl Handler for PushService {
                 let names: Vec<String> = initial.iter().map(|(c, _)| c.clone()).collect();
                 ctx.send_text(&envelope::welcome(id, s.user(), &names));
                 for (ch, since) in initial {
-                    subscribe(ctx, &ch, since, None);
+                    subscribe(s, ctx, &ch, since, None);
                 }
                 arm_expiry(s, ctx);
-                if s.extra
-                    .as_ref()
-                    .is_some_and(|e| e.user.is_none() && e.allowed.is_none() && e.exp.is_none())
-                {
+                if s.extra.as_ref().is_some_and(|e| {
+                    e.user.is_none()
+                        && e.allowed.is_none()
+                        && e.exp.is_none()
+                        && e.waiting.is_empty()
+                }) {
                     s.extra = None;
                 }
             }
@@ -665,10 +698,11 @@ impl Handler for PushService {
             (Kind::Echo, Message::Text(t)) => ctx.send_text(t),
             (Kind::Echo, Message::Binary(b)) => ctx.send_binary(b),
             (Kind::Room, Message::Text(t)) => {
-                ctx.publish_with(ROOM_TOPIC, NO_HISTORY, |_| Encoded::whole(Frame::text(t)));
+                ctx.publish_with(ROOM_TOPIC, NO_HISTORY, t.as_bytes(), &mut ignore);
             }
             (Kind::Room, Message::Binary(b)) => {
-                ctx.publish_with(ROOM_TOPIC, NO_HISTORY, |_| Encoded::whole(Frame::binary(b)));
+                let opts = PublishOptions::unkept(Format::BINARY);
+                ctx.publish_with(ROOM_TOPIC, opts, b, &mut ignore);
             }
             (Kind::Push, Message::Text(t)) => self.control(s, t, ctx),
             (Kind::Push, Message::Binary(_)) => self.strike(
@@ -705,6 +739,47 @@ impl Handler for PushService {
         ctx.close(CLOSE_TOKEN_EXPIRED, "token expired");
     }
 
+    fn on_joined(
+        &mut self,
+        s: &mut Session,
+        topic: &str,
+        answer: Result<Joined, Unavailable>,
+        ctx: &mut Context<'_>,
+    ) {
+        let Some(extra) = s.extra.as_mut() else {
+            return;
+        };
+        let Some(i) = extra.waiting.iter().position(|(c, _, _)| &**c == topic) else {
+            return;
+        };
+        let (_, id, since) = extra.waiting.remove(i);
+        if topic.starts_with('#') {
+            // An internal topic (the user's own, the room): nothing to say.
+            if let Err(e) = answer {
+                log::warn!("conn {}: subscription to {topic} refused: {e}", ctx.id());
+            }
+            return;
+        }
+        joined(ctx, topic, since, answer, id.as_deref());
+    }
+
+    fn on_reset(
+        &mut self,
+        _: &mut Session,
+        topic: &str,
+        position: Position,
+        ctx: &mut Context<'_>,
+    ) {
+        if !topic.starts_with('#') {
+            ctx.send_text(&envelope::reply_subscribed(
+                topic,
+                position,
+                Some(false),
+                None,
+            ));
+        }
+    }
+
     fn on_close(&mut self, s: &mut Session, _: CloseReason, ctx: &mut Context<'_>) {
         if s.kind == Kind::Push {
             let id = ctx.id().as_u64();
@@ -715,15 +790,51 @@ impl Handler for PushService {
 
 /// Subscribe the connection to `channel` (resuming after `since`), answer
 /// `subscribed` with the channel's position, then send the recovered
-/// publications. False if it already was subscribed.
+/// publications (at once, or when the broker's answer comes: see
+/// [`joined`]). False if it already was subscribed.
 fn subscribe(
+    s: &mut Session,
     ctx: &mut Context<'_>,
     channel: &str,
     since: Option<Position>,
     id: Option<&str>,
 ) -> bool {
-    let Some(joined) = ctx.subscribe_since(channel, since) else {
-        return false;
+    match ctx.subscribe_since(channel, since) {
+        None => false,
+        Some(Answer::Now(answer)) => {
+            joined(ctx, channel, since, answer, id);
+            true
+        }
+        Some(Answer::Later) => {
+            let extra = s.extra.get_or_insert_with(Default::default);
+            extra
+                .waiting
+                .push((Arc::from(channel), id.map(Box::from), since));
+            true
+        }
+    }
+}
+
+/// The broker's answer to a subscription: `subscribed` and the replay, or
+/// an `unavailable` error (the connection stays, not subscribed).
+fn joined(
+    ctx: &mut Context<'_>,
+    channel: &str,
+    since: Option<Position>,
+    answer: Result<Joined, Unavailable>,
+    id: Option<&str>,
+) {
+    let joined = match answer {
+        Ok(j) => j,
+        Err(e) => {
+            log::debug!("conn {}: subscribe to {channel} refused: {e}", ctx.id());
+            ctx.send_text(&envelope::reply_error(
+                "unavailable",
+                "subscriptions are unavailable right now; try again",
+                id,
+            ));
+            return;
+        }
     };
     if joined.recovered == Some(false) {
         log::debug!(
@@ -743,12 +854,41 @@ fn subscribe(
     for p in &joined.replay {
         ctx.send_publication(p);
     }
-    true
 }
 
 /// Internal topics (user pushes, the chat room) keep no history: nobody
 /// can resume them.
-pub const NO_HISTORY: PublishOptions = PublishOptions { history: false };
+pub const NO_HISTORY: PublishOptions = PublishOptions::unkept(Format::TEXT);
+
+/// The answer to a client's `publish`.
+fn published_reply(
+    shared: &Shared,
+    channel: &str,
+    r: Result<crate::broker::Published, Unavailable>,
+    id: Option<&str>,
+) -> String {
+    match r {
+        Ok(p) => {
+            shared
+                .publications
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            envelope::reply_published(channel, p.seq, id)
+        }
+        Err(e) => {
+            log::debug!("publish on {channel} refused: {e}");
+            envelope::reply_error(
+                "unavailable",
+                "publishing is unavailable right now; try again",
+                id,
+            )
+        }
+    }
+}
+
+/// A reply for answers nobody waits for.
+pub(crate) fn ignore<T: 'static>() -> Reply<T> {
+    Box::new(|_| {})
+}
 
 /// Parse a connection id from its decimal form.
 pub fn parse_conn_id(s: &str) -> Option<ConnId> {

@@ -57,6 +57,9 @@ pub struct Config {
     pub read_buffer: usize,
     /// Per-channel history kept by the broker (for resume).
     pub history: HistoryConfig,
+    /// Join other nodes through Redis (`None`: the in-process broker).
+    #[cfg(feature = "redis")]
+    pub redis: Option<crate::broker::redis::RedisConfig>,
     /// Bytes all connections together may hold in partially received
     /// messages and request bodies; a reception that would pass it is
     /// refused (close 1009, or HTTP 503). Default 256 MiB.
@@ -92,6 +95,8 @@ impl Default for Config {
             backlog: 4096,
             read_buffer: 256 << 10,
             history: HistoryConfig::default(),
+            #[cfg(feature = "redis")]
+            redis: None,
             max_pending_bytes: 256 << 20,
             http_reserve: 64,
             #[cfg(feature = "tls")]

@@ -38,6 +38,9 @@ pub(crate) struct HttpState {
     /// Accepted over `max_connections` from the small HTTP reserve: plain
     /// requests are served, an upgrade gets 503. Released when dropped.
     pub reserve: Option<super::hub::ReserveSlot>,
+    /// A request whose answer the handler deferred: `(keep-alive, HEAD)`.
+    /// Nothing more is read or served until it comes.
+    pub awaiting: Option<(bool, bool)>,
 }
 
 /// Flag: queued output waits for the end-of-turn flush.

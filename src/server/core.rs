@@ -23,9 +23,9 @@ use super::hub::{ConnId, Handle, LocalStats};
 use super::outbuf::{BufPool, Flushed, LocalFrame};
 use super::response::Response;
 use super::timers::{millis, Entry, TimerKind, Timers};
-use super::topics::{Sub, Topics};
+use super::topics::{Sub, Topics, PENDING};
 use super::transport;
-use crate::broker::{Joined, Position, Publication};
+use crate::broker::{Answer, Joined, Joiner, Position, Publication, Unavailable};
 use crate::protocol::{close, encode, DecoderConfig, OpCode, ProtocolError, Role};
 
 /// Everything of a worker except the application: connections, topics,
@@ -235,7 +235,7 @@ impl Core {
         }
         let key = id.key();
         let c = self.conns.get(key)?;
-        (c.generation == id.generation() && c.phase != Phase::Dead).then_some(key)
+        (id.is_local() && id.same_generation(c.generation) && c.phase != Phase::Dead).then_some(key)
     }
 
     pub(crate) fn id_of(&self, key: usize) -> ConnId {
@@ -367,14 +367,16 @@ impl Core {
 
     /// Subscribe an open connection to `topic` through the broker; with
     /// `since`, the publications after it come back for replay when the
-    /// history holds them. `None` if it already was subscribed or is not open.
+    /// history holds them. `None` if it already was subscribed or is not
+    /// open. A later answer arrives as [`Core::joined`]; until then the
+    /// subscription is pending (it receives nothing).
     pub(crate) fn subscribe(
         &mut self,
         key: usize,
         topic: &str,
         since: Option<Position>,
-    ) -> Option<Joined> {
-        let c = self.conns.get_mut(key)?;
+    ) -> Option<Answer<Joined>> {
+        let c = self.conns.get(key)?;
         if !matches!(c.phase, Phase::Open) {
             return None;
         }
@@ -383,12 +385,67 @@ impl Core {
                 return None;
             }
         }
-        let joined = self.handle.broker().join(topic, self.index, since);
-        let sub = self
-            .topics
-            .subscribe(topic, key, joined.position.seq, joined.position.epoch.0);
-        c.subs.push(sub);
-        Some(joined)
+        let who = Joiner {
+            worker: self.index,
+            conn: self.id_of(key),
+        };
+        let answer = self.handle.broker().join(topic, who, since);
+        let sub = match &answer {
+            Answer::Now(Ok(j)) => {
+                self.topics
+                    .subscribe(topic, key, j.position.seq, j.position.epoch.0)
+            }
+            Answer::Now(Err(_)) => return Some(answer),
+            Answer::Later => self.topics.subscribe(topic, key, PENDING, 0),
+        };
+        if let Some(c) = self.conns.get_mut(key) {
+            c.subs.push(sub);
+        }
+        Some(answer)
+    }
+
+    /// The broker's later answer to a subscription: place it at its start,
+    /// or (refused) drop it without telling the broker, which never counted
+    /// it. The connection's key, if it is still there and was waiting.
+    pub(crate) fn joined(
+        &mut self,
+        id: ConnId,
+        topic: &str,
+        answer: &Result<Joined, Unavailable>,
+    ) -> Option<usize> {
+        let key = self.lookup(id)?;
+        let tid = self.topics.id(topic)?;
+        let c = self.conns.get_mut(key)?;
+        let i = c.subs.iter().position(|s| s.topic == tid)?;
+        let sub = c.subs.swap_remove(i);
+        self.forget_sub(sub);
+        if let Ok(j) = answer {
+            let sub = self
+                .topics
+                .subscribe(topic, key, j.position.seq, j.position.epoch.0);
+            if let Some(c) = self.conns.get_mut(key) {
+                c.subs.push(sub);
+            }
+        }
+        Some(key)
+    }
+
+    /// A channel's stream starts again at `position`: the keys of the
+    /// subscribers to tell.
+    pub(crate) fn reset(&mut self, topic: &str, position: Position) -> Vec<usize> {
+        let Some(id) = self.topics.id(topic) else {
+            return Vec::new();
+        };
+        let conns = &mut self.conns;
+        self.topics
+            .reset(id, position.seq, position.epoch.0, |key, pos| {
+                if let Some(c) = conns.get_mut(key) {
+                    if let Some(s) = c.subs.iter_mut().find(|s| s.topic == id) {
+                        s.pos = pos;
+                    }
+                }
+            });
+        self.topics.members(id)
     }
 
     pub(crate) fn peer_addr(&self, key: usize) -> Option<std::net::SocketAddr> {
@@ -506,6 +563,11 @@ impl Core {
         if let Some(name) = self.topics.name(sub.topic) {
             self.handle.broker().leave(&name, self.index);
         }
+        self.forget_sub(sub);
+    }
+
+    /// Remove a subscription from its topic only (the broker is not told).
+    fn forget_sub(&mut self, sub: Sub) {
         if let Some((moved, pos)) = self.topics.unsubscribe(sub) {
             if let Some(mc) = self.conns.get_mut(moved) {
                 for s in mc.subs.iter_mut().filter(|s| s.topic == sub.topic) {

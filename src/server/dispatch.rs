@@ -32,6 +32,56 @@ impl<H: Handler> App<H> {
         core.respond(key, &resp, true);
     }
 
+    /// The deferred answer to a connection's request: write it, and serve
+    /// on (true: the caller reads on) unless the connection ends.
+    pub(crate) fn answer(&mut self, core: &mut Core, key: usize, mut resp: Response) -> bool {
+        let deadline = core.after(core.cfg.handshake_timeout);
+        let Some(c) = core.conns.get_mut(key) else {
+            return false;
+        };
+        let Some(hs) = c.http.as_mut() else {
+            return false;
+        };
+        let Some((keep, head)) = hs.awaiting.take() else {
+            return false;
+        };
+        resp.head_only = head;
+        let keep = keep && !resp.close && !core.draining;
+        hs.deadline = deadline;
+        core.respond(key, &resp, !keep);
+        keep
+    }
+
+    /// The broker's later answer to a subscription of `key`.
+    pub(crate) fn joined(
+        &mut self,
+        core: &mut Core,
+        key: usize,
+        topic: &str,
+        answer: Result<crate::broker::Joined, crate::broker::Unavailable>,
+    ) {
+        let id = core.id_of(key);
+        if let Some(Some(state)) = self.states.get_mut(key) {
+            self.handler
+                .on_joined(state, topic, answer, &mut Context { core, key, id });
+        }
+    }
+
+    /// A subscribed topic's stream starts again at `position`.
+    pub(crate) fn reset(
+        &mut self,
+        core: &mut Core,
+        key: usize,
+        topic: &str,
+        position: crate::broker::Position,
+    ) {
+        let id = core.id_of(key);
+        if let Some(Some(state)) = self.states.get_mut(key) {
+            self.handler
+                .on_reset(state, topic, position, &mut Context { core, key, id });
+        }
+    }
+
     /// Serve what the connection has sent while it speaks HTTP: refusals,
     /// plain requests (keep-alive), or the upgrade.
     pub(crate) fn serve_http(&mut self, core: &mut Core, key: usize, mut hs: Box<HttpState>) {
@@ -39,6 +89,13 @@ impl<H: Handler> App<H> {
         // Start of the current request in `hs.buf` (pipelined requests are
         // served in place; the buffer is compacted once at the end).
         let mut off = 0;
+        if hs.awaiting.is_some() {
+            // An answer is still to come: serve nothing more before it.
+            if let Some(c) = core.conns.get_mut(key) {
+                c.http = Some(hs);
+            }
+            return;
+        }
         loop {
             let (req, consumed) = match hs.parser.parse(&cfg.http, &hs.buf[off..]) {
                 Ok(Some(done)) => done,
@@ -82,6 +139,17 @@ impl<H: Handler> App<H> {
                     .handler
                     .on_http(&req, &info, &mut Context { core, key, id })
                     .for_method(req.method);
+                if resp.is_deferred() {
+                    hs.awaiting = Some((req.keep_alive(), resp.head_only));
+                    off += consumed;
+                    hs.parser.reset();
+                    hs.head_checked = false;
+                    hs.buf.drain(..off);
+                    if let Some(c) = core.conns.get_mut(key) {
+                        c.http = Some(hs);
+                    }
+                    return;
+                }
                 let keep = req.keep_alive() && !resp.close && !core.draining;
                 core.respond(key, &resp, !keep);
                 if !keep {

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use super::core::{Cause, Core};
 use super::hub::{ConnId, Frame, Handle};
 use super::response::Response;
-use crate::broker::{Encoded, Joined, Position, Publication, PublishOptions, Published};
+use crate::broker::{
+    Answer, Joined, Position, Publication, PublishOptions, Published, Reply, Unavailable,
+};
 use crate::protocol::{HttpError, Message, ProtocolError, Request};
 
 /// Why a WebSocket connection ended.
@@ -103,6 +105,34 @@ pub trait Handler: Send + 'static {
         let _ = (conn, ctx);
     }
 
+    /// The broker's later answer to [`Context::subscribe_since`]
+    /// ([`Answer::Later`]): on success the connection is subscribed and the
+    /// replay, if any, should be sent now; on failure it is not subscribed.
+    /// Default: nothing.
+    fn on_joined(
+        &mut self,
+        conn: &mut Self::Conn,
+        topic: &str,
+        joined: Result<Joined, Unavailable>,
+        ctx: &mut Context<'_>,
+    ) {
+        let _ = (conn, topic, joined, ctx);
+    }
+
+    /// The stream of a topic this connection subscribes to was lost (a new
+    /// epoch) or has a gap its history no longer covers: publications go on
+    /// from `position`, and what came between is not recoverable. Default:
+    /// nothing.
+    fn on_reset(
+        &mut self,
+        conn: &mut Self::Conn,
+        topic: &str,
+        position: Position,
+        ctx: &mut Context<'_>,
+    ) {
+        let _ = (conn, topic, position, ctx);
+    }
+
     /// The connection has ended; it can no longer be sent to.
     fn on_close(&mut self, conn: &mut Self::Conn, reason: CloseReason, ctx: &mut Context<'_>) {
         let _ = (conn, reason, ctx);
@@ -154,7 +184,7 @@ impl Context<'_> {
     /// Send an encoded frame to any connection (this worker's directly, other
     /// workers' through the hub).
     pub fn send_to(&mut self, id: ConnId, frame: Frame) {
-        if id.worker() == self.core.index {
+        if id.is_local() && id.worker() == self.core.index {
             if let Some(key) = self.core.lookup(id) {
                 let shared = std::rc::Rc::new(frame.into_shared());
                 let cause = if key == self.key {
@@ -174,14 +204,9 @@ impl Context<'_> {
         self.core.handle.broadcast(frame);
     }
 
-    /// Send `frame` to every subscriber of `topic` on every worker.
-    pub fn publish(&mut self, topic: &str, frame: Frame) -> Published {
+    /// Send `frame` to every subscriber of `topic` (see [`Handle::publish`]).
+    pub fn publish(&mut self, topic: &str, frame: Frame) -> Answer<Published> {
         self.core.handle.publish(topic, frame)
-    }
-
-    /// Publish with the topic's next sequence number (see [`Handle::publish_seq`]).
-    pub fn publish_seq(&mut self, topic: &str, make: impl FnMut(u64) -> Frame) -> Published {
-        self.core.handle.publish_seq(topic, make)
     }
 
     /// Publish through the broker's one entry point (see [`Handle::publish_with`]).
@@ -189,9 +214,10 @@ impl Context<'_> {
         &mut self,
         topic: &str,
         opts: PublishOptions,
-        make: impl FnMut(u64) -> Encoded,
-    ) -> Published {
-        self.core.handle.publish_with(topic, opts, make)
+        data: &[u8],
+        later: &mut dyn FnMut() -> Reply<Published>,
+    ) -> Answer<Published> {
+        self.core.handle.publish_with(topic, opts, data, later)
     }
 
     /// The peer's address.
@@ -200,18 +226,27 @@ impl Context<'_> {
     }
 
     /// Subscribe this connection to `topic`. False if it already was, or is
-    /// not an open WebSocket.
+    /// not an open WebSocket, or the broker refused at once.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        self.core.subscribe(self.key, topic, None).is_some()
+        matches!(
+            self.core.subscribe(self.key, topic, None),
+            Some(Answer::Now(Ok(_)) | Answer::Later)
+        )
     }
 
     /// Subscribe this connection to `topic`, resuming after `since` when
     /// given: the answer says where live publications start and, with
     /// `since`, whether the gap was recovered. Send the recovered
     /// publications with [`Context::send_publication`] right away, in order:
-    /// live ones follow them with no gap and no duplicate. `None` if the
+    /// live ones follow them with no gap and no duplicate. A broker that
+    /// answers later ([`Answer::Later`]) calls [`Handler::on_joined`]; until
+    /// then the connection receives nothing of the topic. `None` if the
     /// connection already was subscribed, or is not an open WebSocket.
-    pub fn subscribe_since(&mut self, topic: &str, since: Option<Position>) -> Option<Joined> {
+    pub fn subscribe_since(
+        &mut self,
+        topic: &str,
+        since: Option<Position>,
+    ) -> Option<Answer<Joined>> {
         self.core.subscribe(self.key, topic, since)
     }
 
@@ -259,7 +294,7 @@ impl Context<'_> {
 
     /// Close another connection (through the hub when it is on another worker).
     pub fn close_other(&mut self, id: ConnId, code: u16, reason: &str) {
-        if id.worker() == self.core.index {
+        if id.is_local() && id.worker() == self.core.index {
             if let Some(key) = self.core.lookup(id) {
                 self.core
                     .close_conn(key, code, reason, CloseReason::Server(code));

@@ -11,22 +11,52 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::broker::{Broker, Encoded, Publication, PublishOptions, Published};
+use super::response::Response;
+use crate::broker::{
+    Answer, Broker, Format, Joined, Position, Publication, PublishOptions, Published, Relay, Reply,
+    Unavailable,
+};
 use crate::protocol::encode;
 use crate::protocol::OpCode;
 
 /// Most workers a server can have (the worker index takes 8 bits of a [`ConnId`]).
 pub const MAX_WORKERS: usize = 256;
 
-/// A connection's id, unique across workers: worker index, slab key and a
-/// per-worker generation. An id of a closed connection never matches a
-/// later connection that reuses its slot.
+/// A connection's id, unique across workers and the nodes of a cluster:
+/// worker index (8 bits), node id (12 bits, 0 on a single node), slab key
+/// (24 bits) and a per-worker generation (20 bits). An id of a closed
+/// connection does not match a later connection that reuses its slot
+/// (until its generation wraps, after a million reuses of that slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
 
+/// This process's node id (set once by a cluster broker at start).
+static NODE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// Largest node id.
+pub const MAX_NODE: u16 = 0xfff;
+const GENERATION_BITS: u32 = 20;
+const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
+
 impl ConnId {
     pub(crate) fn new(worker: usize, key: usize, generation: u32) -> Self {
-        ConnId(((worker as u64) << 56) | (((key as u64) & 0xff_ffff) << 32) | generation as u64)
+        let node = NODE.load(Ordering::Relaxed) as u64 & MAX_NODE as u64;
+        ConnId(
+            ((worker as u64) << 56)
+                | (node << 44)
+                | (((key as u64) & 0xff_ffff) << GENERATION_BITS)
+                | (generation & GENERATION_MASK) as u64,
+        )
+    }
+
+    /// Set this process's node id (connection ids made after carry it).
+    pub(crate) fn set_node(node: u16) {
+        NODE.store(node & MAX_NODE, Ordering::Relaxed);
+    }
+
+    /// This process's node id.
+    pub fn this_node() -> u16 {
+        NODE.load(Ordering::Relaxed)
     }
 
     /// The index of the worker that owns the connection.
@@ -34,12 +64,27 @@ impl ConnId {
         (self.0 >> 56) as usize
     }
 
+    /// The node that owns the connection (0 on a single node).
+    pub fn node(self) -> u16 {
+        ((self.0 >> 44) & MAX_NODE as u64) as u16
+    }
+
+    /// Whether the connection is (or was) on this node.
+    pub fn is_local(self) -> bool {
+        self.node() == Self::this_node()
+    }
+
     pub(crate) fn key(self) -> usize {
-        ((self.0 >> 32) & 0xff_ffff) as usize
+        ((self.0 >> GENERATION_BITS) & 0xff_ffff) as usize
     }
 
     pub(crate) fn generation(self) -> u32 {
-        self.0 as u32
+        self.0 as u32 & GENERATION_MASK
+    }
+
+    /// Whether `generation` (a connection slot's full counter) is this id's.
+    pub(crate) fn same_generation(self, generation: u32) -> bool {
+        generation & GENERATION_MASK == self.generation()
     }
 
     /// The id as a number (stable for the life of the connection).
@@ -125,6 +170,13 @@ pub(crate) enum Command {
     Adopt(std::net::TcpStream, std::net::SocketAddr),
     /// Begin the graceful shutdown.
     Shutdown,
+    /// The broker's later answer to a subscription.
+    Joined(ConnId, Arc<str>, Result<Joined, Unavailable>),
+    /// A channel's stream was lost (a new epoch) or has a gap history no
+    /// longer covers: its subscribers start again at this position.
+    Reset(Arc<str>, Position),
+    /// The deferred answer to an HTTP request.
+    Respond(ConnId, Box<Response>),
 }
 
 struct Link {
@@ -317,38 +369,51 @@ impl Handle {
         &self.hub
     }
 
-    /// Queue `frame` on every open WebSocket connection of every worker.
+    /// Queue `frame` on every open WebSocket connection of every worker
+    /// (of every node, in a cluster).
     pub fn broadcast(&self, frame: Frame) {
+        if self.broker.node() != 0 {
+            let msg = Relay::Broadcast(Format::FRAME, frame.into_shared());
+            if let Answer::Now(Err(e)) = self.broker.relay(msg, &mut || Box::new(|_| {})) {
+                log::warn!("broadcast not relayed: {e}");
+            }
+            return;
+        }
+        self.broadcast_here(frame);
+    }
+
+    /// Queue `frame` on every open WebSocket connection of this node.
+    pub(crate) fn broadcast_here(&self, frame: Frame) {
         self.hub.post_all(|| Command::Broadcast(frame.clone()));
     }
 
     /// Publish `frame` to every connection subscribed to `topic` (all
     /// workers), through the broker: it gets the topic's next sequence
-    /// number and enters its history.
-    pub fn publish(&self, topic: &str, frame: Frame) -> Published {
-        self.publish_with(topic, PublishOptions::default(), |_| {
-            Encoded::whole(frame.clone())
+    /// number and enters its history. A broker that answers later (Redis)
+    /// publishes it unless the answer is lost with its connection.
+    pub fn publish(&self, topic: &str, frame: Frame) -> Answer<Published> {
+        self.publish_with(topic, PublishOptions::default(), frame.bytes(), &mut || {
+            Box::new(|_| {})
         })
     }
 
-    /// Publish with the topic's next sequence number: `make` builds the frame
-    /// for that number (under the channel's order, so frames reach every
-    /// subscriber in sequence order).
-    pub fn publish_seq(&self, topic: &str, mut make: impl FnMut(u64) -> Frame) -> Published {
-        self.publish_with(topic, PublishOptions::default(), |seq| {
-            Encoded::whole(make(seq))
-        })
-    }
-
-    /// The one publishing entry point: `make` builds the frame for the
-    /// sequence number (and says where the application data lies in it).
+    /// The one publishing entry point: `data` is built into a frame by
+    /// `opts.format` (with the sequence number the broker assigns); a
+    /// broker that answers later calls the reply made by `later`.
     pub fn publish_with(
         &self,
         topic: &str,
         opts: PublishOptions,
-        mut make: impl FnMut(u64) -> Encoded,
-    ) -> Published {
-        self.broker.publish(topic, opts, &mut make)
+        data: &[u8],
+        later: &mut dyn FnMut() -> Reply<Published>,
+    ) -> Answer<Published> {
+        self.broker.publish(topic, opts, data, later)
+    }
+
+    /// Answer a deferred HTTP request (see [`Response::deferred`]).
+    pub fn respond(&self, id: ConnId, resp: Response) -> bool {
+        self.hub
+            .post(id.worker(), Command::Respond(id, Box::new(resp)))
     }
 
     /// `(subscribers on all workers, last sequence number)` of a topic.
@@ -366,11 +431,25 @@ impl Handle {
     /// Queue `frame` on one connection. False if the id names no worker;
     /// a connection that has gone away silently drops it.
     pub fn send(&self, id: ConnId, frame: Frame) -> bool {
+        if !id.is_local() {
+            let msg = Relay::Send(id, Format::FRAME, frame.into_shared());
+            return !matches!(
+                self.broker.relay(msg, &mut || Box::new(|_| {})),
+                Answer::Now(Err(_))
+            );
+        }
         self.hub.post(id.worker(), Command::Send(id, frame))
     }
 
     /// Close one connection with `code` and `reason`.
     pub fn close(&self, id: ConnId, code: u16, reason: &str) -> bool {
+        if !id.is_local() {
+            let msg = Relay::Close(id, code, Arc::from(reason));
+            return !matches!(
+                self.broker.relay(msg, &mut || Box::new(|_| {})),
+                Answer::Now(Err(_))
+            );
+        }
         self.hub
             .post(id.worker(), Command::Close(id, code, Arc::from(reason)))
     }

@@ -126,7 +126,15 @@ impl<H: Handler> Server<H> {
         let listeners = listener::bind_all(&config)?;
         let local_addr = listeners.local_addr;
         let (hub, parts) = hub::Hub::new(config.workers, config.max_connections)?;
-        let broker = Arc::new(crate::broker::LocalBroker::new(hub.clone(), config.history));
+        let broker: Arc<dyn crate::broker::Broker> = match () {
+            #[cfg(feature = "redis")]
+            _ if config.redis.is_some() => Arc::new(crate::broker::redis::RedisBroker::start(
+                hub.clone(),
+                config.history,
+                config.redis.clone().unwrap_or_default(),
+            )?),
+            _ => Arc::new(crate::broker::LocalBroker::new(hub.clone(), config.history)),
+        };
         let handle = Handle::new(hub, broker);
         let distribute =
             listeners.sockets.iter().filter(|s| s.is_some()).count() == 1 && config.workers > 1;

@@ -54,6 +54,18 @@ impl Response {
         }
     }
 
+    /// No answer yet: the handler will give it later with
+    /// [`Handle::respond`](super::Handle::respond) (e.g. after a broker's
+    /// later answer). The connection reads no further request until then.
+    pub fn deferred() -> Response {
+        Response::text(0, "")
+    }
+
+    /// Whether this is [`Response::deferred`].
+    pub fn is_deferred(&self) -> bool {
+        self.status == 0
+    }
+
     /// The 404 answer.
     pub fn not_found() -> Response {
         Response::text(404, "not found\n")

@@ -38,6 +38,10 @@ pub(crate) struct Topics {
 /// Position flag: the subscription waits in the topic's `joining` list.
 const JOINING: u32 = 1 << 31;
 
+/// The start of a subscription whose broker answer has not come yet: it
+/// receives nothing until [`Topics::subscribe`] places it again.
+pub(crate) const PENDING: u64 = u64::MAX;
+
 /// One subscription held by a connection: topic id and position in its list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sub {
@@ -93,6 +97,10 @@ impl Topics {
             }
         };
         let t = &mut self.list[id as usize];
+        if t.epoch == 0 {
+            // Created by a subscription still waiting for its answer.
+            t.epoch = epoch;
+        }
         if start <= t.seen {
             // Nothing before its start can still arrive.
             t.subscribers.push(key as u32);
@@ -161,6 +169,37 @@ impl Topics {
         true
     }
 
+    /// Topic `id`'s stream starts again at `seq` of `epoch` (a new stream,
+    /// or a gap nobody can fill): every subscription not still pending
+    /// becomes a subscriber from there. `moved(key, pos)` as in `deliver`.
+    pub fn reset(&mut self, id: u32, seq: u64, epoch: u64, moved: impl FnMut(usize, u32)) {
+        let Some(t) = self.list.get_mut(id as usize) else {
+            return;
+        };
+        t.epoch = epoch;
+        t.seen = seq;
+        if !t.joining.is_empty() {
+            // Pending ones (start PENDING) stay; all others enter.
+            Self::promote(t, PENDING, moved);
+        }
+    }
+
+    /// Keys of the connections receiving topic `id` (not those pending).
+    pub fn members(&self, id: u32) -> Vec<usize> {
+        self.list.get(id as usize).map_or_else(Vec::new, |t| {
+            t.subscribers
+                .iter()
+                .map(|&k| k as usize)
+                .chain(
+                    t.joining
+                        .iter()
+                        .filter(|&&(_, s)| s != PENDING)
+                        .map(|&(k, _)| k as usize),
+                )
+                .collect()
+        })
+    }
+
     #[cold]
     fn promote(t: &mut Topic, seq: u64, mut moved: impl FnMut(usize, u32)) {
         let mut waiting = Vec::new();
@@ -210,6 +249,27 @@ mod tests {
         // Caught up: the next subscriber at the current position joins at once.
         let c = t.subscribe("c", 3, 6, 9);
         assert_eq!(c.pos, 2);
+    }
+
+    #[test]
+    fn pending_subscriptions_wait_and_a_reset_admits_the_others() {
+        let mut t = Topics::default();
+        let p = t.subscribe("c", 1, PENDING, 0);
+        assert!(p.pos & JOINING != 0);
+        assert_eq!(t.members(p.topic), Vec::<usize>::new());
+        // The answer comes: placed again at its start, the epoch taken.
+        t.unsubscribe(p);
+        let a = t.subscribe("c", 1, 3, 7);
+        let q = t.subscribe("c", 2, PENDING, 7);
+        assert!(t.deliver(a.topic, 4, 7, |_, _| {}));
+        assert_eq!(t.subscribers(a.topic), [1]);
+        // A new stream: seq 1 of epoch 8.
+        assert!(!t.deliver(a.topic, 1, 8, |_, _| {}));
+        t.reset(a.topic, 0, 8, |_, _| {});
+        assert!(t.deliver(a.topic, 1, 8, |_, _| {}));
+        assert_eq!(t.members(a.topic), [1]);
+        assert_eq!(t.subscriber_count("c"), 2, "the pending one still counts");
+        let _ = q;
     }
 
     #[test]

@@ -369,6 +369,7 @@ impl<H: Handler> Loop<H> {
                 peer,
                 head_checked: false,
                 reserve: slot,
+                awaiting: None,
             }));
         }
         #[cfg(feature = "tls")]
@@ -424,6 +425,15 @@ impl<H: Handler> Loop<H> {
         if self.core.paused(key) {
             // Backpressure: its own replies are not being read. The flush
             // that drains them schedules a read.
+            return;
+        }
+        if self
+            .core
+            .conns
+            .get(key)
+            .is_some_and(|c| c.http.as_ref().is_some_and(|h| h.awaiting.is_some()))
+        {
+            // A deferred answer is still to come; its arrival reads on.
             return;
         }
         match phase {
@@ -530,6 +540,23 @@ impl<H: Handler> Loop<H> {
             }
             Command::Adopt(stream, peer) => self.adopt(TcpStream::from_std(stream), peer),
             Command::Shutdown => self.begin_drain(),
+            Command::Joined(id, topic, answer) => {
+                if let Some(key) = self.core.joined(id, &topic, &answer) {
+                    self.app.joined(&mut self.core, key, &topic, answer);
+                }
+            }
+            Command::Reset(topic, position) => {
+                for key in self.core.reset(&topic, position) {
+                    self.app.reset(&mut self.core, key, &topic, position);
+                }
+            }
+            Command::Respond(id, resp) => {
+                if let Some(key) = self.core.lookup(id) {
+                    if self.app.answer(&mut self.core, key, *resp) {
+                        self.resume(key);
+                    }
+                }
+            }
         }
     }
 

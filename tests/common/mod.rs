@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod push;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,364 @@
+//! The Redis broker: several wspush nodes share each channel's order,
+//! history and messages through Redis.
+//!
+//! Workers never talk to Redis. Two threads per node do, each with its own
+//! connections:
+//! - the **writer** ([`writer`]) takes publications, relays and the node's
+//!   heartbeat from a queue and sends them in pipelines (every publication
+//!   waiting when a round trip starts goes in it), then calls each one's
+//!   reply;
+//! - the **reader** ([`reader`]) holds the pub/sub connection and this
+//!   node's channel table: which channels have local subscribers (it
+//!   subscribes to a channel's pub/sub while some do), on which workers,
+//!   and the last seq it delivered. It answers subscriptions (position and
+//!   replay from the history in Redis), turns each message into one
+//!   [`Publication`] for the workers, fills gaps from the history and, after
+//!   an outage, catches up every channel before live messages.
+//!
+//! Because one thread both answers a worker's subscriptions and hands it
+//! the channel's publications, the worker sees them in one order: no
+//! publication is lost or doubled at the seam.
+
+mod reader;
+pub mod scripts;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use super::history::HistoryConfig;
+use super::{
+    Answer, Broker, Epoch, Format, Health, HistoryPage, Joined, Joiner, Meta, NodeInfo, Position,
+    Publication, PublishOptions, Published, Relay, Reply, Totals, Unavailable,
+};
+use crate::server::hub::Hub;
+use crate::server::ConnId;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` (the first one is used; a Redis Cluster
+    /// is not supported yet).
+    pub urls: Vec<String>,
+    /// How long a connection attempt, and any one request, may take.
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A node silent for this long is no longer listed.
+const NODE_EXPIRY_MS: u64 = 6_000;
+
+/// This node's state of one channel (held by the reader thread).
+struct Chan {
+    /// Local subscribers per worker.
+    per_worker: Box<[u32]>,
+    total: u64,
+    /// The last publication delivered here.
+    seq: u64,
+    epoch: Epoch,
+}
+
+/// What the threads share with the broker's callers.
+pub(crate) struct Inner {
+    hub: Arc<Hub>,
+    node: u16,
+    history: HistoryConfig,
+    config: RedisConfig,
+    client: ::redis::Client,
+    writer_up: AtomicBool,
+    reader_up: AtomicBool,
+    /// Why the link is down (for `/healthz`), empty when up.
+    reason: Mutex<String>,
+    chans: Mutex<HashMap<Arc<str>, Chan>>,
+    subscriptions: AtomicU64,
+    nodes: Mutex<Vec<NodeInfo>>,
+    stop: AtomicBool,
+}
+
+impl Inner {
+    fn unavailable(&self) -> Unavailable {
+        let r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        Unavailable(Arc::from(if r.is_empty() {
+            "Redis is unreachable".to_string()
+        } else {
+            format!("Redis is unreachable: {r}")
+        }))
+    }
+
+    fn set_reason(&self, why: &str) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = why.to_string();
+    }
+
+    /// The publication built from a message's parts.
+    fn publication(
+        channel: Arc<str>,
+        seq: u64,
+        epoch: Epoch,
+        format: Format,
+        data: &[u8],
+    ) -> Arc<Publication> {
+        let e = format.encode(&Meta {
+            channel: &channel,
+            seq,
+            epoch,
+            data,
+        });
+        Arc::new(Publication::new(channel, seq, epoch, e))
+    }
+}
+
+/// The [`Broker`] of a node in a cluster joined through Redis.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    writes: Sender<writer::Job>,
+    reads: Sender<reader::Job>,
+}
+
+impl RedisBroker {
+    /// Connect to Redis (failing if it cannot be reached within the
+    /// timeout), claim a node id and start the writer and reader threads.
+    pub(crate) fn start(
+        hub: Arc<Hub>,
+        history: HistoryConfig,
+        config: RedisConfig,
+    ) -> std::io::Result<RedisBroker> {
+        let url = config
+            .urls
+            .first()
+            .cloned()
+            .ok_or_else(|| std::io::Error::other("no Redis URL"))?;
+        let client = ::redis::Client::open(url.as_str())
+            .map_err(|e| std::io::Error::other(format!("Redis URL {url}: {e}")))?;
+        let mut con = client
+            .get_connection_with_timeout(config.timeout)
+            .map_err(|e| std::io::Error::other(format!("Redis at {url}: {e}")))?;
+        let node = writer::claim_node(&mut con)
+            .map_err(|e| std::io::Error::other(format!("Redis at {url}: {e}")))?;
+        ConnId::set_node(node);
+        let inner = Arc::new(Inner {
+            hub,
+            node,
+            history,
+            config,
+            client,
+            writer_up: AtomicBool::new(true),
+            reader_up: AtomicBool::new(false),
+            reason: Mutex::new(String::new()),
+            chans: Mutex::new(HashMap::new()),
+            subscriptions: AtomicU64::new(0),
+            nodes: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let (wtx, wrx) = crossbeam_channel::unbounded();
+        let (rtx, rrx) = crossbeam_channel::unbounded();
+        let w = inner.clone();
+        std::thread::Builder::new()
+            .name("wspush-redis-writer".into())
+            .spawn(move || writer::run(w, con, wrx))?;
+        let r = inner.clone();
+        std::thread::Builder::new()
+            .name("wspush-redis-reader".into())
+            .spawn(move || reader::run(r, rrx))?;
+        // The reader subscribes before this node takes connections.
+        let deadline = std::time::Instant::now() + inner.config.timeout;
+        while !inner.reader_up.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        log::info!("Redis broker: node {node} on {url}");
+        Ok(RedisBroker {
+            inner,
+            writes: wtx,
+            reads: rtx,
+        })
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(
+        &self,
+        channel: &str,
+        opts: PublishOptions,
+        data: &[u8],
+        later: &mut dyn FnMut() -> Reply<Published>,
+    ) -> Answer<Published> {
+        if !self.inner.writer_up.load(Ordering::Relaxed) {
+            return Answer::Now(Err(self.inner.unavailable()));
+        }
+        let job = writer::Job::Publish {
+            channel: Arc::from(channel),
+            keep: opts.history && self.inner.history.enabled(),
+            format: opts.format,
+            data: Arc::from(data),
+            reply: later(),
+        };
+        match self.writes.send(job) {
+            Ok(()) => Answer::Later,
+            Err(_) => Answer::Now(Err(self.inner.unavailable())),
+        }
+    }
+
+    fn join(&self, channel: &str, who: Joiner, since: Option<Position>) -> Answer<Joined> {
+        if !self.inner.reader_up.load(Ordering::Relaxed) {
+            return Answer::Now(Err(self.inner.unavailable()));
+        }
+        let job = reader::Job::Join {
+            channel: Arc::from(channel),
+            who,
+            since,
+        };
+        match self.reads.send(job) {
+            Ok(()) => Answer::Later,
+            Err(_) => Answer::Now(Err(self.inner.unavailable())),
+        }
+    }
+
+    fn leave(&self, channel: &str, worker: usize) {
+        let _ = self.reads.send(reader::Job::Leave {
+            channel: Arc::from(channel),
+            worker,
+        });
+    }
+
+    fn history(
+        &self,
+        channel: &str,
+        since: Option<Position>,
+        limit: usize,
+        later: &mut dyn FnMut() -> Reply<HistoryPage>,
+    ) -> Answer<HistoryPage> {
+        if !self.inner.writer_up.load(Ordering::Relaxed) {
+            return Answer::Now(Err(self.inner.unavailable()));
+        }
+        let job = writer::Job::History {
+            channel: Arc::from(channel),
+            since,
+            limit,
+            reply: later(),
+        };
+        match self.writes.send(job) {
+            Ok(()) => Answer::Later,
+            Err(_) => Answer::Now(Err(self.inner.unavailable())),
+        }
+    }
+
+    fn channel(&self, channel: &str) -> (u64, Position) {
+        let chans = self.inner.chans.lock().unwrap_or_else(|p| p.into_inner());
+        chans.get(channel).map_or(
+            (
+                0,
+                Position {
+                    seq: 0,
+                    epoch: Epoch(0),
+                },
+            ),
+            |c| {
+                (
+                    c.total,
+                    Position {
+                        seq: c.seq,
+                        epoch: c.epoch,
+                    },
+                )
+            },
+        )
+    }
+
+    fn totals(&self) -> Totals {
+        let chans = self.inner.chans.lock().unwrap_or_else(|p| p.into_inner());
+        Totals {
+            active_channels: chans.len() as u64,
+            subscriptions: self.inner.subscriptions.load(Ordering::Relaxed),
+            channels: chans.len() as u64,
+            // History lives in Redis.
+            history_entries: 0,
+            history_bytes: 0,
+            history_evicted: 0,
+        }
+    }
+
+    fn maintain(&self) {}
+
+    fn node(&self) -> u16 {
+        self.inner.node
+    }
+
+    fn relay(&self, msg: Relay, later: &mut dyn FnMut() -> Reply<u64>) -> Answer<u64> {
+        if !self.inner.writer_up.load(Ordering::Relaxed) {
+            return Answer::Now(Err(self.inner.unavailable()));
+        }
+        match self.writes.send(writer::Job::Relay(msg, later())) {
+            Ok(()) => Answer::Later,
+            Err(_) => Answer::Now(Err(self.inner.unavailable())),
+        }
+    }
+
+    fn health(&self) -> Health {
+        let w = self.inner.writer_up.load(Ordering::Relaxed);
+        let r = self.inner.reader_up.load(Ordering::Relaxed);
+        if w && r {
+            Health::Ok
+        } else {
+            Health::Degraded(self.inner.unavailable().0.to_string())
+        }
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        self.inner
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Exponential backoff between reconnection attempts, 50 ms to 2 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((50u64 << attempt.min(6)).min(2_000))
+}
+
+/// A message of a channel as published by [`scripts::PUBLISH_LUA`]:
+/// `seq \n epoch \n format \n data`.
+pub(crate) fn parse_message(bytes: &[u8]) -> Option<(u64, Epoch, Format, &[u8])> {
+    let mut parts = bytes.splitn(4, |&b| b == b'\n');
+    let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let epoch = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let format = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((seq, epoch, Format(format), parts.next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse_and_garbage_does_not() {
+        let m = b"12\n00000000000000ff\n8\n{\"a\":\n1}";
+        assert_eq!(
+            parse_message(m),
+            Some((12, Epoch(255), Format(8), &b"{\"a\":\n1}"[..]))
+        );
+        assert_eq!(parse_message(b"x\n00000000000000ff\n8\n"), None);
+        assert_eq!(parse_message(b"1\nzz\n8\n"), None);
+        assert_eq!(parse_message(b"1\n00000000000000ff\n8"), None);
+        assert_eq!(backoff(0), Duration::from_millis(50));
+        assert_eq!(backoff(30), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,439 @@
+//! The writer thread: publications, history reads, relays and the node's
+//! heartbeat, sent to Redis in pipelines.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redis::{cmd, Connection, Value};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::scripts::{self, META_TTL_MS};
+use super::{backoff, Inner, NODE_EXPIRY_MS};
+use crate::broker::{
+    Epoch, Format, HistoryPage, NodeInfo, Position, Published, Relay, Reply, Unavailable,
+};
+
+/// What the writer is asked to do.
+pub(crate) enum Job {
+    Publish {
+        channel: Arc<str>,
+        keep: bool,
+        format: Format,
+        data: Arc<[u8]>,
+        reply: Reply<Published>,
+    },
+    History {
+        channel: Arc<str>,
+        since: Option<Position>,
+        limit: usize,
+        reply: Reply<HistoryPage>,
+    },
+    Relay(Relay, Reply<u64>),
+}
+
+impl Job {
+    fn refuse(self, e: Unavailable) {
+        match self {
+            Job::Publish { reply, .. } => reply(Err(e)),
+            Job::History { reply, .. } => reply(Err(e)),
+            Job::Relay(_, reply) => reply(Err(e)),
+        }
+    }
+}
+
+/// Most jobs sent in one pipeline.
+const BATCH: usize = 512;
+/// How often the node says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Pick a free node id (1..=4095) and take it.
+pub(crate) fn claim_node(con: &mut Connection) -> ::redis::RedisResult<u16> {
+    let claim = ::redis::Script::new(scripts::CLAIM_LUA);
+    let start = (crate::broker::Epoch::random().0 % 4095) as u16;
+    for i in 0..4095u16 {
+        let id = (start + i) % 4095 + 1;
+        let took: i64 = claim
+            .key(scripts::NODES_KEY)
+            .arg(id)
+            .arg(NODE_EXPIRY_MS)
+            .invoke(con)?;
+        if took == 1 {
+            return Ok(id);
+        }
+    }
+    Err((::redis::ErrorKind::Client, "no free node id").into())
+}
+
+/// Load the scripts (after a connect: Redis may have restarted).
+fn load_scripts(con: &mut Connection) -> ::redis::RedisResult<()> {
+    for s in [
+        scripts::PUBLISH_LUA,
+        scripts::READ_LUA,
+        scripts::HEARTBEAT_LUA,
+    ] {
+        let _: String = cmd("SCRIPT").arg("LOAD").arg(s).query(con)?;
+    }
+    Ok(())
+}
+
+struct Shas {
+    publish: String,
+    read: String,
+    heartbeat: String,
+}
+
+pub(crate) fn run(inner: Arc<Inner>, con: Connection, jobs: Receiver<Job>) {
+    let shas = Shas {
+        publish: ::redis::Script::new(scripts::PUBLISH_LUA)
+            .get_hash()
+            .to_string(),
+        read: ::redis::Script::new(scripts::READ_LUA)
+            .get_hash()
+            .to_string(),
+        heartbeat: ::redis::Script::new(scripts::HEARTBEAT_LUA)
+            .get_hash()
+            .to_string(),
+    };
+    let mut con = Some(con);
+    let mut attempt = 0u32;
+    let mut next_beat = Instant::now();
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    while !inner.stop.load(Ordering::Relaxed) {
+        let Some(c) = con.as_mut() else {
+            // Down: refuse what waits, then try again after the backoff.
+            while let Ok(j) = jobs.try_recv() {
+                j.refuse(inner.unavailable());
+            }
+            std::thread::sleep(backoff(attempt));
+            attempt += 1;
+            match connect(&inner) {
+                Ok(c) => {
+                    log::warn!("Redis: writer connected again; publishing resumes");
+                    con = Some(c);
+                    attempt = 0;
+                    inner.writer_up.store(true, Ordering::SeqCst);
+                    if inner.reader_up.load(Ordering::SeqCst) {
+                        inner.set_reason("");
+                    }
+                }
+                Err(e) => inner.set_reason(&e.to_string()),
+            }
+            continue;
+        };
+        let wait = next_beat.saturating_duration_since(Instant::now());
+        match jobs.recv_timeout(wait) {
+            Ok(j) => batch.push(j),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let beat = Instant::now() >= next_beat;
+        if beat {
+            next_beat = Instant::now() + HEARTBEAT;
+        }
+        if let Err(e) = send(&inner, c, &shas, &mut batch, beat) {
+            log::error!("Redis: writer lost its connection ({e}); publications are refused until it is back");
+            inner.set_reason(&e.to_string());
+            inner.writer_up.store(false, Ordering::SeqCst);
+            for j in batch.drain(..) {
+                j.refuse(inner.unavailable());
+            }
+            con = None;
+        }
+    }
+}
+
+fn connect(inner: &Inner) -> ::redis::RedisResult<Connection> {
+    let mut c = inner
+        .client
+        .get_connection_with_timeout(inner.config.timeout)?;
+    c.set_read_timeout(Some(inner.config.timeout))?;
+    c.set_write_timeout(Some(inner.config.timeout))?;
+    load_scripts(&mut c)?;
+    Ok(c)
+}
+
+/// Send the batch (and the heartbeat) in one pipeline and answer each job.
+/// An error means the connection is lost; the batch is left to refuse.
+fn send(
+    inner: &Inner,
+    con: &mut Connection,
+    shas: &Shas,
+    batch: &mut Vec<Job>,
+    beat: bool,
+) -> ::redis::RedisResult<()> {
+    if batch.is_empty() && !beat {
+        return Ok(());
+    }
+    let mut pipe = ::redis::pipe();
+    pipe.ignore_errors();
+    let ttl = inner.history.ttl.as_millis() as u64;
+    for j in batch.iter() {
+        match j {
+            Job::Publish {
+                channel,
+                keep,
+                format,
+                data,
+                ..
+            } => {
+                pipe.cmd("EVALSHA")
+                    .arg(&shas.publish)
+                    .arg(2)
+                    .arg(scripts::meta_key(channel))
+                    .arg(scripts::history_key(channel))
+                    .arg(scripts::pubsub_channel(channel))
+                    .arg(&data[..])
+                    .arg(if *keep { "1" } else { "0" })
+                    .arg(inner.history.size.max(1))
+                    .arg(ttl.max(1))
+                    .arg(Epoch::random().to_string())
+                    .arg(format.0)
+                    .arg(META_TTL_MS);
+            }
+            Job::History {
+                channel,
+                since,
+                limit,
+                ..
+            } => {
+                pipe.cmd("EVALSHA")
+                    .arg(&shas.read)
+                    .arg(2)
+                    .arg(scripts::meta_key(channel))
+                    .arg(scripts::history_key(channel))
+                    .arg("read")
+                    .arg(since.map_or(String::new(), |s| s.seq.to_string()))
+                    .arg(since.map_or(String::new(), |s| {
+                        if s.epoch == Epoch(0) {
+                            String::new()
+                        } else {
+                            s.epoch.to_string()
+                        }
+                    }))
+                    .arg(*limit)
+                    .arg(ttl.max(1))
+                    .arg("")
+                    .arg(META_TTL_MS);
+            }
+            Job::Relay(msg, _) => {
+                let (target, body) = relay_message(msg);
+                pipe.cmd("PUBLISH").arg(target).arg(body);
+            }
+        }
+    }
+    if beat {
+        let conns = inner.hub.open.load(Ordering::Relaxed);
+        pipe.cmd("EVALSHA")
+            .arg(&shas.heartbeat)
+            .arg(2)
+            .arg(scripts::NODES_KEY)
+            .arg(scripts::NODE_CONNS_KEY)
+            .arg(inner.node)
+            .arg(conns)
+            .arg(NODE_EXPIRY_MS);
+    }
+    let mut results: Vec<Value> = pipe.query(con)?;
+    if results.iter().any(is_noscript) {
+        // Redis restarted under us without our scripts: load them and
+        // send again (nothing of a NOSCRIPT call ran).
+        load_scripts(con)?;
+        results = pipe.query(con)?;
+    }
+    let mut results = results.into_iter();
+    for j in batch.drain(..) {
+        let v = results.next().unwrap_or(Value::Nil);
+        match j {
+            Job::Publish { reply, .. } => reply(published(v)),
+            Job::History {
+                channel,
+                since,
+                reply,
+                ..
+            } => reply(history_page(inner, &channel, since, v)),
+            Job::Relay(_, reply) => reply(match v {
+                Value::Int(n) => Ok(n.max(0) as u64),
+                other => Err(server_error(other)),
+            }),
+        }
+    }
+    if beat {
+        if let Some(v) = results.next() {
+            update_nodes(inner, v);
+        }
+    }
+    Ok(())
+}
+
+fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+fn server_error(v: Value) -> Unavailable {
+    let text = match v {
+        Value::ServerError(e) => e.to_string(),
+        other => format!("unexpected answer {other:?}"),
+    };
+    log::error!("Redis: {text}");
+    Unavailable(Arc::from(format!("Redis refused: {text}")))
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn published(v: Value) -> Result<Published, Unavailable> {
+    let Value::Array(items) = &v else {
+        return Err(server_error(v));
+    };
+    let (Some(seq), Some(epoch), Some(n)) = (
+        items.first().and_then(int),
+        items
+            .get(1)
+            .and_then(text)
+            .and_then(|t| t.parse::<Epoch>().ok()),
+        items.get(2).and_then(int),
+    ) else {
+        return Err(server_error(v));
+    };
+    Ok(Published {
+        seq: seq as u64,
+        epoch,
+        recipients: n.max(0) as u64,
+    })
+}
+
+/// The parts of a [`scripts::READ_LUA`] answer: position, known, covered
+/// and the entries `(seq, format, data)`.
+pub(crate) struct Read {
+    pub position: Position,
+    pub known: bool,
+    pub covered: bool,
+    pub entries: Vec<(u64, Format, Vec<u8>)>,
+}
+
+pub(crate) fn parse_read(v: Value) -> Result<Read, Unavailable> {
+    let Value::Array(items) = v else {
+        return Err(server_error(v));
+    };
+    let seq = items.first().and_then(int).unwrap_or(0) as u64;
+    let epoch = items
+        .get(1)
+        .and_then(text)
+        .and_then(|t| t.parse::<Epoch>().ok())
+        .unwrap_or(Epoch(0));
+    let known = items.get(2).and_then(int) == Some(1);
+    let covered = items.get(3).and_then(int) == Some(1);
+    let mut entries = Vec::new();
+    let mut rest = items.into_iter().skip(4);
+    while let (Some(s), Some(f), Some(d)) = (rest.next(), rest.next(), rest.next()) {
+        let (Some(s), Some(f)) = (int(&s), int(&f)) else {
+            continue;
+        };
+        let d = match d {
+            Value::BulkString(b) => b,
+            _ => Vec::new(),
+        };
+        entries.push((s as u64, Format(f as u8), d));
+    }
+    Ok(Read {
+        position: Position { seq, epoch },
+        known,
+        covered,
+        entries,
+    })
+}
+
+fn history_page(
+    inner: &Inner,
+    channel: &Arc<str>,
+    since: Option<Position>,
+    v: Value,
+) -> Result<HistoryPage, Unavailable> {
+    let r = parse_read(v)?;
+    let _ = inner;
+    let publications = r
+        .entries
+        .into_iter()
+        .map(|(s, f, d)| Inner::publication(channel.clone(), s, r.position.epoch, f, &d))
+        .collect();
+    Ok(HistoryPage {
+        position: r.position,
+        complete: r.known && (since.is_none() || r.covered),
+        publications,
+    })
+}
+
+/// The pub/sub target and body of a relayed message (see
+/// [`super::reader`] for the receiving side).
+fn relay_message(msg: &Relay) -> (String, Vec<u8>) {
+    match msg {
+        Relay::Send(id, format, data) => {
+            let mut b = format!("S {} {}\n", id.as_u64(), format.0).into_bytes();
+            b.extend_from_slice(data);
+            (scripts::node_channel(id.node()), b)
+        }
+        Relay::Close(id, code, reason) => (
+            scripts::node_channel(id.node()),
+            format!("C {} {code}\n{reason}", id.as_u64()).into_bytes(),
+        ),
+        Relay::Broadcast(format, data) => {
+            let mut b = format!("B {}\n", format.0).into_bytes();
+            b.extend_from_slice(data);
+            (scripts::ALL_NODES.to_string(), b)
+        }
+    }
+}
+
+fn update_nodes(inner: &Inner, v: Value) {
+    let Value::Array(items) = v else {
+        return;
+    };
+    let now = items.first().and_then(int).unwrap_or(0);
+    let pairs = |v: Option<&Value>| -> Vec<(String, i64)> {
+        let Some(Value::Array(a)) = v else {
+            return Vec::new();
+        };
+        a.chunks(2)
+            .filter_map(|c| Some((text(c.first()?)?, int(c.get(1)?)?)))
+            .collect()
+    };
+    let seen = pairs(items.get(1));
+    let conns = pairs(items.get(2));
+    let nodes = seen
+        .into_iter()
+        .filter_map(|(id, last)| {
+            let id: u16 = id.parse().ok()?;
+            let connections = conns
+                .iter()
+                .find(|(n, _)| n.parse() == Ok(id))
+                .map_or(0, |(_, c)| (*c).max(0) as u64);
+            Some(NodeInfo {
+                id,
+                connections,
+                age_ms: (now - last).max(0) as u64,
+                this: id == inner.node,
+            })
+        })
+        .collect();
+    *inner.nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+}
