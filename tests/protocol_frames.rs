@@ -228,8 +228,14 @@ fn rsv1_is_accepted_when_an_extension_allows_it() {
         allowed_rsv: 0b100,
         ..cfg()
     };
-    let input = raw_frame(0x81 | 0x40, true, 1, &[], b"a");
-    expect_messages(&c, &input, &[text("a")]);
+    // RSV1 is permessage-deflate's "compressed" bit (issue 11): the message
+    // comes back as its raw payload, marked compressed, for the caller to
+    // inflate (tests/protocol_deflate.rs).
+    let mut input = raw_frame(0x81 | 0x40, true, 1, &[], b"a");
+    let mut dec = Decoder::new();
+    let d = dec.decode(&c, &mut input).expect("allowed");
+    assert_eq!(d.compressed, Some(OpCode::Text));
+    assert_eq!(d.message, Some(Message::Binary(b"a")));
     // RSV2 is still refused.
     let input = raw_frame(0x81 | 0x20, true, 1, &[], b"a");
     expect_error(&c, &input, &[], ProtocolError::ReservedBits, 1002);

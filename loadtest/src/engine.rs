@@ -76,6 +76,8 @@ pub struct Config {
     pub conns: u32,
     /// Push: this process holds the publisher (process 0, thread 0).
     pub publisher: bool,
+    /// Offer permessage-deflate and inflate compressed frames.
+    pub deflate: bool,
     /// Push over the Pusher protocol (`--pusher`).
     pub pusher: Option<PusherApp>,
 }
@@ -196,6 +198,8 @@ struct Conn {
     key: [u8; 24],
     hs: Vec<u8>,
     dec: Decoder,
+    /// permessage-deflate, echo mode: this connection's inflater (context kept).
+    zin: Option<Box<wspush::protocol::deflate::Inflater>>,
     wbuf: Vec<u8>,
     wpos: usize,
     /// Data messages sent (echo requests or publishes): the next sequence.
@@ -220,6 +224,15 @@ struct Cx {
     cfg: Arc<Config>,
     sh: Arc<Shared>,
     dcfg: DecoderConfig,
+    /// permessage-deflate: one inflater per thread (the server answers
+    /// server_no_context_takeover in shared mode; dedicated mode would need
+    /// one per connection, see `on_bytes`) and its output.
+    inflater: wspush::protocol::deflate::Inflater,
+    inflated: Vec<u8>,
+    /// Payload bytes on the wire of the message being handled, and whether
+    /// it came compressed.
+    wire_len: usize,
+    compressed_now: bool,
     payload: Vec<u8>,
     op: OpCode,
     rng: Rng,
@@ -279,6 +292,7 @@ impl Worker {
                 key: [0; 24],
                 hs: Vec::new(),
                 dec: Decoder::new(),
+                zin: None,
                 wbuf: Vec::new(),
                 wpos: 0,
                 sent: 0,
@@ -307,7 +321,18 @@ impl Worker {
             pubs,
             http: None,
             cx: Cx {
-                dcfg: DecoderConfig::for_role(Role::Client),
+                dcfg: DecoderConfig {
+                    allowed_rsv: if cfg.deflate {
+                        wspush::protocol::decode::RSV1
+                    } else {
+                        0
+                    },
+                    ..DecoderConfig::for_role(Role::Client)
+                },
+                inflater: Default::default(),
+                inflated: Vec::new(),
+                wire_len: 0,
+                compressed_now: false,
                 payload,
                 op,
                 rng: Rng::new(seed),
@@ -704,7 +729,13 @@ fn handle(c: &mut Conn, scratch: &mut [u8], cx: &mut Cx) {
         }
         c.st = St::Handshake;
         c.hs = Vec::with_capacity(256);
-        wire::write_request(&mut c.wbuf, &cx.cfg.host, &cx.cfg.path, &c.key);
+        wire::write_request_ext(
+            &mut c.wbuf,
+            &cx.cfg.host,
+            &cx.cfg.path,
+            &c.key,
+            cx.cfg.deflate,
+        );
     }
     if matches!(c.st, St::Handshake | St::Welcome | St::Open | St::Closing) {
         read_all(c, scratch, cx);
@@ -783,6 +814,48 @@ fn on_bytes(c: &mut Conn, data: &mut [u8], cx: &mut Cx, now: u64) {
             }
             Ok(d) => {
                 pos += d.consumed;
+                let wire_len = match d.message {
+                    Some(Message::Text(t)) => t.len(),
+                    Some(Message::Binary(b)) => b.len(),
+                    _ => 0,
+                };
+                cx.wire_len = wire_len;
+                if let (Some(op), Some(Message::Binary(raw))) = (d.compressed, d.message) {
+                    cx.compressed_now = true;
+                    let mut out = std::mem::take(&mut cx.inflated);
+                    // Echo: one inflater per connection, keeping its context
+                    // (dedicated mode); push: one per thread, reset per
+                    // message (shared mode never keeps server context).
+                    let r = if cx.cfg.mode == Mode::Echo {
+                        c.zin
+                            .get_or_insert_with(Default::default)
+                            .inflate_with_context(raw, 64 << 20, &mut out)
+                    } else {
+                        cx.inflater.inflate(raw, 64 << 20, &mut out)
+                    };
+                    if r.is_err() {
+                        cx.fail(c, "bad compressed frame".into());
+                        return;
+                    }
+                    let ev = match (op, cx.cfg.mode) {
+                        (OpCode::Text, Mode::Push) => Ev::Push {
+                            len: out.len(),
+                            frame: wire::parse_push(&out, &cx.chan),
+                        },
+                        _ => Ev::Data {
+                            len: out.len(),
+                            probe: Probe::read(&out),
+                        },
+                    };
+                    cx.inflated = out;
+                    match ev {
+                        Ev::Data { len, probe } => on_data(c, cx, len, probe, now),
+                        Ev::Push { len, frame } => on_push(c, cx, len, frame, now),
+                        _ => {}
+                    }
+                    cx.compressed_now = false;
+                    continue;
+                }
                 match d.message {
                     None => break,
                     Some(Message::Text(t)) if cx.cfg.mode == Mode::Push => Ev::Push {
@@ -844,6 +917,8 @@ fn on_data(c: &mut Conn, cx: &mut Cx, len: usize, probe: Option<Probe>, now: u64
     if in_window {
         cx.r.received_in_window += 1;
         cx.r.bytes_in_window += len as u64;
+        cx.r.wire_bytes_in_window += cx.wire_len as u64;
+        cx.r.compressed_in_window += cx.compressed_now as u64;
     }
     match cx.cfg.mode {
         Mode::Echo => {
@@ -909,6 +984,8 @@ fn on_push(c: &mut Conn, cx: &mut Cx, len: usize, frame: PushFrame, now: u64) {
     if now < cx.deadline {
         cx.r.received_in_window += 1;
         cx.r.bytes_in_window += len as u64;
+        cx.r.wire_bytes_in_window += cx.wire_len as u64;
+        cx.r.compressed_in_window += cx.compressed_now as u64;
     }
     let PushFrame::Push(p, srv_seq) = frame else {
         cx.r.mismatched += 1;

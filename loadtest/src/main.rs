@@ -146,6 +146,14 @@ pub struct Args {
     /// `POST /apps/ID/events` (answers carry no seq or recipients).
     #[arg(long)]
     pub pusher: Option<String>,
+    /// Offer permessage-deflate (RFC 7692) like a browser; compressed frames
+    /// are inflated and counted (`compressed`, `wire_bytes_per_msg`).
+    #[arg(long)]
+    pub deflate: bool,
+    /// Payload padding as JSON-like text (compresses like real JSON)
+    /// instead of the repeating alphabet.
+    #[arg(long)]
+    pub text_payload: bool,
     /// Internal: index of this child process (set by --procs).
     #[arg(long, hide = true)]
     pub child_index: Option<u32>,
@@ -255,6 +263,7 @@ fn build_config(a: &Args) -> Result<Config, String> {
             Some(_) => return Err("--pusher is for the push mode".into()),
             None => None,
         },
+        deflate: a.deflate,
     })
 }
 
@@ -621,6 +630,7 @@ fn run_parent(a: &Args, cfg: &Config) -> Results {
 
 fn main() {
     let a = Args::parse();
+    wire::TEXT_PAYLOAD.store(a.text_payload, std::sync::atomic::Ordering::Relaxed);
     if a.mode == Mode::Churn {
         std::process::exit(churn::main(&a));
     }

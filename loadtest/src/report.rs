@@ -102,6 +102,16 @@ pub fn summarize(a: &Args, cfg: &Config, r: &mut Results) -> Summary {
                 "mb_per_s".into(),
                 json!(round(r.bytes_in_window as f64 / w / 1e6, 2)),
             );
+            let n = r.received_in_window.max(1) as f64;
+            o.insert(
+                "payload_bytes_per_msg".into(),
+                json!(round(r.bytes_in_window as f64 / n, 1)),
+            );
+            o.insert(
+                "wire_bytes_per_msg".into(),
+                json!(round(r.wire_bytes_in_window as f64 / n, 1)),
+            );
+            o.insert("compressed".into(), json!(r.compressed_in_window));
             o.insert("rtt_p50_us".into(), json!(round(q_us(&r.lat, 0.5), 1)));
             o.insert("rtt_p99_us".into(), json!(round(q_us(&r.lat, 0.99), 1)));
             o.insert("rtt_p999_us".into(), json!(round(q_us(&r.lat, 0.999), 1)));
@@ -156,6 +166,16 @@ pub fn summarize(a: &Args, cfg: &Config, r: &mut Results) -> Summary {
                 "mb_per_s".into(),
                 json!(round(r.bytes_in_window as f64 / w / 1e6, 2)),
             );
+            let n = r.received_in_window.max(1) as f64;
+            o.insert(
+                "payload_bytes_per_msg".into(),
+                json!(round(r.bytes_in_window as f64 / n, 1)),
+            );
+            o.insert(
+                "wire_bytes_per_msg".into(),
+                json!(round(r.wire_bytes_in_window as f64 / n, 1)),
+            );
+            o.insert("compressed".into(), json!(r.compressed_in_window));
             o.insert(
                 "fanout_p50_us".into(),
                 json!(round(q_us(&r.fanout, 0.5), 1)),

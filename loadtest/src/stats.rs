@@ -35,6 +35,10 @@ pub struct Results {
     pub received_in_window: u64,
     /// Payload bytes of `received_in_window`.
     pub bytes_in_window: u64,
+    /// Of those, payload bytes as they were on the wire (compressed ones
+    /// compressed), and how many messages came compressed (permessage-deflate).
+    pub wire_bytes_in_window: u64,
+    pub compressed_in_window: u64,
     /// Of `sent`, those sent inside the timed window.
     pub sent_in_window: u64,
     /// Deliveries that repeat one already seen.
@@ -88,6 +92,8 @@ impl Default for Results {
             received: 0,
             received_in_window: 0,
             bytes_in_window: 0,
+            wire_bytes_in_window: 0,
+            compressed_in_window: 0,
             sent_in_window: 0,
             duplicated: 0,
             out_of_order: 0,
@@ -155,6 +161,8 @@ impl Results {
         self.received += o.received;
         self.received_in_window += o.received_in_window;
         self.bytes_in_window += o.bytes_in_window;
+        self.wire_bytes_in_window += o.wire_bytes_in_window;
+        self.compressed_in_window += o.compressed_in_window;
         self.sent_in_window += o.sent_in_window;
         self.duplicated += o.duplicated;
         self.out_of_order += o.out_of_order;
@@ -180,6 +188,8 @@ impl Results {
             "attempted": self.attempted, "opened": self.opened, "open_at_go": self.open_at_go,
             "failures": self.failures, "sent": self.sent, "received": self.received,
             "received_in_window": self.received_in_window, "bytes_in_window": self.bytes_in_window,
+            "wire_bytes_in_window": self.wire_bytes_in_window,
+            "compressed_in_window": self.compressed_in_window,
             "sent_in_window": self.sent_in_window, "duplicated": self.duplicated,
             "out_of_order": self.out_of_order, "mismatched": self.mismatched, "lost": self.lost,
             "fanout_incomplete": self.fanout_incomplete,
@@ -210,6 +220,8 @@ impl Results {
             received: u("received"),
             received_in_window: u("received_in_window"),
             bytes_in_window: u("bytes_in_window"),
+            wire_bytes_in_window: u("wire_bytes_in_window"),
+            compressed_in_window: u("compressed_in_window"),
             sent_in_window: u("sent_in_window"),
             duplicated: u("duplicated"),
             out_of_order: u("out_of_order"),

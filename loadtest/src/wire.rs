@@ -82,6 +82,55 @@ pub const MAX_ID: u32 = (1 << 21) - 1;
 /// A payload template of `size` bytes (at least [`PROBE_LEN`]): filler is
 /// printable ASCII.
 pub fn template(size: usize) -> Vec<u8> {
+    template_for(
+        size,
+        TEXT_PAYLOAD.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// `--text-payload`: JSON-like text instead of the alphabet (set once at start).
+pub static TEXT_PAYLOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// With `text`, a deterministic JSON-like record list without quotes
+/// (`{id:4821,title:breaking story,...}`): compresses about as well as real
+/// JSON (3-5x), unlike the repeating alphabet.
+pub fn template_for(size: usize, text: bool) -> Vec<u8> {
+    if !text {
+        return alphabet(size);
+    }
+    const WORDS: [&str; 24] = [
+        "breaking", "story", "market", "update", "score", "team", "weather", "alert", "price",
+        "user", "comment", "reply", "live", "match", "goal", "city", "rain", "sunny", "stock",
+        "rise", "fall", "vote", "poll", "news",
+    ];
+    let n = size.max(PROBE_LEN);
+    let mut out = alphabet(PROBE_LEN);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    while out.len() < n {
+        let r = next();
+        let rec = format!(
+            "{{id:{},title:{} {} {},score:{},tags:[{},{}]}},",
+            r % 100_000,
+            WORDS[(r >> 20) as usize % 24],
+            WORDS[(r >> 25) as usize % 24],
+            WORDS[(r >> 30) as usize % 24],
+            (r >> 35) % 1000,
+            WORDS[(r >> 45) as usize % 24],
+            WORDS[(r >> 50) as usize % 24],
+        );
+        out.extend_from_slice(rec.as_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+fn alphabet(size: usize) -> Vec<u8> {
     (0..size.max(PROBE_LEN))
         .map(|i| b'a' + (i % 26) as u8)
         .collect()
@@ -108,13 +157,24 @@ pub fn base64_16(b: &[u8; 16]) -> [u8; 24] {
 
 /// Append the upgrade request for `path` on `host` with `key`.
 pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &[u8; 24]) {
+    write_request_ext(out, host, path, key, false)
+}
+
+/// [`write_request`], offering permessage-deflate as browsers do when `deflate`.
+pub fn write_request_ext(out: &mut Vec<u8>, host: &str, path: &str, key: &[u8; 24], deflate: bool) {
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ");
     out.extend_from_slice(key);
-    out.extend_from_slice(b"\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    out.extend_from_slice(b"\r\nSec-WebSocket-Version: 13\r\n");
+    if deflate {
+        out.extend_from_slice(
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        );
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Outcome of looking at the bytes received so far during the handshake.

@@ -206,14 +206,7 @@ mod tests {
 
     fn publication(seq: u64) -> Arc<Publication> {
         let e = Encoded::whole(Frame::text(&format!("m{seq}")));
-        Arc::new(Publication {
-            channel: Arc::from("c"),
-            seq,
-            epoch: Epoch(7),
-            frame: e.frame,
-            payload: e.payload.start as u32..e.payload.end as u32,
-            exclude: None,
-        })
+        Arc::new(Publication::new(Arc::from("c"), seq, Epoch(7), e))
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::history::{AgeList, HistoryConfig, Ring, CHANNEL_OVERHEAD};
 use super::{
-    Answer, Broker, Encoded, Epoch, HistoryPage, Joined, Joiner, Meta, Position, Publication,
+    Answer, Broker, Epoch, HistoryPage, Joined, Joiner, Meta, Position, Publication,
     PublishOptions, Published, Reply, Totals,
 };
 use crate::server::hub::{Command, Hub, MAX_WORKERS};
@@ -211,19 +211,19 @@ impl Broker for LocalBroker {
                 recipients: ch.total,
             };
             if ch.total > 0 || keep {
-                let Encoded { frame, payload } = opts.format.encode(&Meta {
-                    channel,
-                    seq: ch.seq,
-                    epoch: ch.epoch,
-                    data,
-                });
                 let p = Arc::new(Publication {
-                    channel: ch.name.clone(),
-                    seq: ch.seq,
-                    epoch: ch.epoch,
-                    frame,
-                    payload: payload.start as u32..payload.end as u32,
                     exclude: opts.exclude,
+                    ..Publication::new(
+                        ch.name.clone(),
+                        ch.seq,
+                        ch.epoch,
+                        opts.format.encode(&Meta {
+                            channel,
+                            seq: ch.seq,
+                            epoch: ch.epoch,
+                            data,
+                        }),
+                    )
                 });
                 for (w, &n) in ch.per_worker.iter().enumerate().take(workers) {
                     if n > 0 {

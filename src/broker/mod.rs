@@ -32,7 +32,6 @@ use crate::server::{ConnId, Frame};
 pub use format::{Format, Meta};
 pub use local::LocalBroker;
 
-
 /// The identity of a channel's stream: a random id, new whenever the
 /// stream's continuity is lost (first use, a restart, the channel's state
 /// forgotten after its last subscriber and history entry went away). A
@@ -100,9 +99,48 @@ pub struct Publication {
     payload: Range<u32>,
     /// A connection that must not receive it (`PublishOptions::exclude`).
     pub(crate) exclude: Option<ConnId>,
+    /// The permessage-deflate frame, built once by the first worker with a
+    /// recipient that negotiated it (`None` inside: not worth it).
+    #[cfg(feature = "deflate")]
+    deflated: std::sync::OnceLock<Option<Arc<[u8]>>>,
 }
 
 impl Publication {
+    /// A publication of `encoded` as `seq` of `channel` in `epoch`.
+    pub fn new(channel: Arc<str>, seq: u64, epoch: Epoch, encoded: Encoded) -> Publication {
+        Publication {
+            channel,
+            seq,
+            epoch,
+            frame: encoded.frame,
+            payload: encoded.payload.start as u32..encoded.payload.end as u32,
+            exclude: None,
+            #[cfg(feature = "deflate")]
+            deflated: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The compressed (RSV1) frame for recipients that negotiated
+    /// permessage-deflate without context takeover: `make` deflates the
+    /// plain frame on the first call, outside any lock of the broker;
+    /// every later call (any worker) gets the same bytes. `None`: not
+    /// compressed (too small, not smaller, or no `deflate` feature).
+    pub fn deflated_with(
+        &self,
+        make: impl FnOnce(&[u8]) -> Option<Arc<[u8]>>,
+    ) -> Option<Arc<[u8]>> {
+        #[cfg(feature = "deflate")]
+        return self
+            .deflated
+            .get_or_init(|| make(self.frame.bytes()))
+            .clone();
+        #[cfg(not(feature = "deflate"))]
+        {
+            let _ = make;
+            None
+        }
+    }
+
     /// The encoded frame every recipient gets (header and payload).
     pub fn frame(&self) -> &Frame {
         &self.frame
@@ -400,14 +438,40 @@ mod tests {
     #[test]
     fn payload_is_the_data_inside_the_frame() {
         let e = Encoded::whole(Frame::text("hello"));
-        let p = Publication {
-            channel: Arc::from("c"),
-            seq: 1,
-            epoch: Epoch(1),
-            frame: e.frame,
-            payload: e.payload.start as u32..e.payload.end as u32,
-            exclude: None,
-        };
+        let p = Publication::new(Arc::from("c"), 1, Epoch(1), e);
         assert_eq!(p.payload(), b"hello");
+    }
+
+    #[cfg(feature = "deflate")]
+    #[test]
+    fn deflated_frame_is_built_once_for_all_workers() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let p = Arc::new(Publication::new(
+            Arc::from("c"),
+            1,
+            Epoch(1),
+            Encoded::whole(Frame::text(&"x".repeat(1000))),
+        ));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let got: Vec<Option<Arc<[u8]>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|i| {
+                    let (p, calls) = (p.clone(), calls.clone());
+                    s.spawn(move || {
+                        p.deflated_with(|plain| {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(plain, p.frame().bytes());
+                            Some(Arc::from(vec![i as u8; 3]))
+                        })
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let first = got[0].clone().unwrap();
+        assert!(got
+            .iter()
+            .all(|g| g.as_ref().is_some_and(|g| Arc::ptr_eq(g, &first))));
     }
 }

@@ -36,6 +36,9 @@ pub struct DecoderConfig {
     /// Largest accepted message (sum of its fragments); larger → 1009.
     pub max_message_size: u64,
     /// RSV bits a negotiated extension allows (0b100 = RSV1); others → 1002.
+    /// RSV1 is permessage-deflate's "compressed" bit (RFC 7692): a message
+    /// whose first frame has it is reported in [`Decoded::compressed`], and
+    /// RSV1 on a control or continuation frame is an error.
     pub allowed_rsv: u8,
 }
 
@@ -86,7 +89,15 @@ pub struct Decoded<'a> {
     pub consumed: usize,
     /// The message completed by these bytes, if any.
     pub message: Option<Message<'a>>,
+    /// `Some(Text | Binary)`: the message had RSV1 set (permessage-deflate,
+    /// RFC 7692) and `message` is `Message::Binary` holding its still
+    /// compressed payload; the opcode says what it inflates to (text is
+    /// validated only after inflating). Only with `allowed_rsv` RSV1.
+    pub compressed: Option<OpCode>,
 }
+
+/// RSV1: the "Per-Message Compressed" bit of permessage-deflate.
+pub const RSV1: u8 = 0b100;
 
 /// Per-connection decoder state: a single pointer (8 bytes).
 ///
@@ -126,6 +137,9 @@ struct Partial {
     mask_pos: u8,
     /// Text or Binary while a data message is in progress.
     msg: Option<OpCode>,
+    /// The message in progress has RSV1 (its payload is deflated: no UTF-8
+    /// check until it is inflated).
+    compressed: bool,
     utf8: Utf8Validator,
 }
 
@@ -189,6 +203,7 @@ impl Decoder {
                 return Ok(Decoded {
                     consumed: pos,
                     message: None,
+                    compressed: None,
                 });
             }
             let mut hdr_len = 0;
@@ -218,13 +233,15 @@ impl Decoder {
                         return Ok(Decoded {
                             consumed: pos,
                             message: Some(message),
+                            compressed: None,
                         });
                     }
                     if p.frame_fin {
-                        let message = self.state().finish_assembled()?;
+                        let (message, compressed) = self.state().finish_assembled()?;
                         return Ok(Decoded {
                             consumed: pos,
                             message: Some(message),
+                            compressed,
                         });
                     }
                     continue;
@@ -244,6 +261,7 @@ impl Decoder {
                         return Ok(Decoded {
                             consumed: input.len(),
                             message: None,
+                            compressed: None,
                         });
                     }
                 }
@@ -262,6 +280,7 @@ impl Decoder {
                         return Ok(Decoded {
                             consumed: input.len(),
                             message: None,
+                            compressed: None,
                         });
                     }
                 }
@@ -304,6 +323,7 @@ impl Decoder {
                 return Ok(Decoded {
                     consumed: pos,
                     message: Some(message),
+                    compressed: None,
                 });
             }
             if h.fin && h.opcode != OpCode::Continuation {
@@ -312,6 +332,13 @@ impl Decoder {
                 debug_assert!(self.partial.as_deref().is_none_or(|p| p.msg.is_none()));
                 let input: &'a [u8] = input;
                 let payload = &input[start..pos];
+                if h.rsv & RSV1 != 0 {
+                    return Ok(Decoded {
+                        consumed: pos,
+                        message: Some(Message::Binary(payload)),
+                        compressed: Some(h.opcode),
+                    });
+                }
                 let message = if h.opcode == OpCode::Text {
                     Message::Text(
                         std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
@@ -322,14 +349,16 @@ impl Decoder {
                 return Ok(Decoded {
                     consumed: pos,
                     message: Some(message),
+                    compressed: None,
                 });
             }
             self.state().append_data(&input[start..pos])?;
             if h.fin {
-                let message = self.state().finish_assembled()?;
+                let (message, compressed) = self.state().finish_assembled()?;
                 return Ok(Decoded {
                     consumed: pos,
                     message: Some(message),
+                    compressed,
                 });
             }
         }
@@ -349,6 +378,11 @@ impl Decoder {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
             (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
             _ => {}
+        }
+        if h.rsv & RSV1 != 0 && (h.opcode.is_control() || h.opcode == OpCode::Continuation) {
+            // RFC 7692 §6.1: only the first frame of a data message may
+            // carry the compressed bit.
+            return Err(ProtocolError::ReservedBits);
         }
         if h.opcode.is_control() {
             return Ok(());
@@ -391,6 +425,7 @@ impl Decoder {
             // (also on the error below, as the decoder always has).
             let p = self.state();
             p.msg = Some(h.opcode);
+            p.compressed = h.rsv & RSV1 != 0;
             p.msg_len = 0;
             p.utf8.reset();
             p.buf.clear();
@@ -415,7 +450,7 @@ impl Partial {
 
     /// Append unmasked payload of the current data message, validating text.
     fn append_data(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
-        if self.msg == Some(OpCode::Text) && self.utf8.feed(chunk).is_err() {
+        if self.msg == Some(OpCode::Text) && !self.compressed && self.utf8.feed(chunk).is_err() {
             // Abandon the message. `finish_assembled` relies on `buf` holding
             // exactly the bytes the validator accepted; the validator may have
             // consumed part of this rejected chunk, so a caller that went on
@@ -446,8 +481,12 @@ impl Partial {
     }
 
     /// The final frame of an assembled message arrived.
-    fn finish_assembled(&mut self) -> Result<Message<'_>, ProtocolError> {
+    fn finish_assembled(&mut self) -> Result<(Message<'_>, Option<OpCode>), ProtocolError> {
         let op = self.msg.take();
+        if self.compressed {
+            self.compressed = false;
+            return Ok((Message::Binary(&self.buf), op));
+        }
         if op == Some(OpCode::Text) {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
             debug_assert!(std::str::from_utf8(&self.buf).is_ok());
@@ -455,9 +494,9 @@ impl Partial {
             // incremental validator accepted it, and `finish` confirmed no
             // code point is left open, so `buf` is valid UTF-8.
             let text = unsafe { std::str::from_utf8_unchecked(&self.buf) };
-            Ok(Message::Text(text))
+            Ok((Message::Text(text), None))
         } else {
-            Ok(Message::Binary(&self.buf))
+            Ok((Message::Binary(&self.buf), None))
         }
     }
 }

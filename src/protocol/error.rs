@@ -155,6 +155,10 @@ pub enum ProtocolError {
     CloseLengthOne,
     /// A close frame carrying a code that may not be sent (1002).
     InvalidCloseCode(u16),
+    /// A permessage-deflate message that is not valid deflate data (1007:
+    /// RFC 7692 §8 only says to fail the connection; its payload is
+    /// inconsistent with the message type, as RFC 6455 §7.4.1 defines 1007).
+    InvalidCompressedData,
 }
 
 impl ProtocolError {
@@ -163,7 +167,7 @@ impl ProtocolError {
         use ProtocolError::*;
         match self {
             FrameTooLarge | MessageTooLarge => close::MESSAGE_TOO_BIG,
-            InvalidUtf8 => close::INVALID_PAYLOAD,
+            InvalidUtf8 | InvalidCompressedData => close::INVALID_PAYLOAD,
             _ => close::PROTOCOL_ERROR,
         }
     }
@@ -186,6 +190,7 @@ impl ProtocolError {
             InvalidUtf8 => "invalid UTF-8",
             CloseLengthOne => "close frame of length 1",
             InvalidCloseCode(_) => "invalid close code",
+            InvalidCompressedData => "invalid compressed data",
         }
     }
 }

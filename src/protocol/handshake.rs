@@ -111,6 +111,15 @@ fn choose_protocol<'c>(req: &Request<'_>, cfg: &'c HandshakeConfig) -> Option<&'
 
 /// Append the `101 Switching Protocols` response for an accepted upgrade.
 pub fn write_accept(acc: &Accepted<'_>, out: &mut Vec<u8>) {
+    write_accept_with(acc, None, out)
+}
+
+/// [`write_accept`] with the agreed permessage-deflate parameters, if any.
+pub fn write_accept_with(
+    acc: &Accepted<'_>,
+    deflate: Option<&super::deflate::Params>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
@@ -120,6 +129,9 @@ pub fn write_accept(acc: &Accepted<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
         out.extend_from_slice(p.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(p) = deflate {
+        super::deflate::write_response(p, out);
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -9,6 +9,7 @@
 //! - [`handshake`]: the WebSocket upgrade (RFC 6455 §4.2).
 //! - [`frame`]: frame header layout and opcodes.
 //! - [`decode`]: incremental frame/message decoder (either role).
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation and codec.
 //! - [`encode`]: frame encoder, including shared once-encoded frames.
 //! - [`mask`]: word-at-a-time masking.
 //! - [`utf8`]: incremental UTF-8 validation across frames.
@@ -17,6 +18,7 @@
 
 pub mod close;
 pub mod decode;
+pub mod deflate;
 pub mod encode;
 pub mod error;
 pub mod frame;

@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::broker::history::HistoryConfig;
+use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::{HandshakeConfig, HttpLimits};
 
 /// Limits and timeouts of a server.
@@ -69,6 +70,9 @@ pub struct Config {
     /// Serve TLS (`wss://`, `https://`) on the listener. Default none.
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<super::tls::TlsAcceptor>>,
+    /// permessage-deflate (RFC 7692): mode and size threshold. Default
+    /// shared, 64 bytes (off without the `deflate` feature).
+    pub compression: DeflateConfig,
 }
 
 impl Default for Config {
@@ -97,6 +101,7 @@ impl Default for Config {
             http_reserve: 64,
             #[cfg(feature = "tls")]
             tls: None,
+            compression: DeflateConfig::default(),
         }
     }
 }

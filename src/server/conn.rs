@@ -69,6 +69,8 @@ pub(crate) struct Conn {
     pub phase: Phase,
     pub flags: u8,
     pub close_reason: Option<CloseReason>,
+    /// permessage-deflate state (0: not negotiated; see `compress::conn_bits`).
+    pub deflate: u8,
     /// When the peer last sent anything (worker clock, milliseconds, wrapping).
     pub last_rx: u32,
     pub decoder: Decoder,
@@ -88,6 +90,7 @@ impl Conn {
             phase: Phase::Http,
             flags: 0,
             close_reason: None,
+            deflate: 0,
             last_rx: 0,
             decoder: Decoder::new(),
             out: OutQueue::default(),

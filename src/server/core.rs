@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use super::compress;
 use super::config::Config;
 use super::conn::{
     Conn, Phase, CLOSE_AFTER_FLUSH, CLOSE_DONE, DIRTY, PAUSED, SLOW, WRITE_INTEREST,
@@ -54,6 +55,8 @@ pub(crate) struct Core {
     pub(crate) pending_reads: Vec<u32>,
     /// When the receive budget was last reported exhausted (once a second).
     pub(crate) last_budget_warning: Option<Instant>,
+    /// permessage-deflate: codecs and the RSV1 decoder configuration.
+    pub(crate) deflate: compress::Worker,
 }
 
 /// Who caused bytes to be queued on a connection: the one thing the
@@ -84,7 +87,7 @@ pub(crate) enum Queued {
 
 /// Queue a shared frame on an open connection (a push) and mark it for the flush.
 #[inline]
-fn push_frame(c: &mut Conn, key: usize, f: &LocalFrame, q: &mut Queues<'_>) -> Queued {
+pub(super) fn push_frame(c: &mut Conn, key: usize, f: &LocalFrame, q: &mut Queues<'_>) -> Queued {
     if c.phase != Phase::Open || c.has(SLOW) {
         return Queued::Dropped;
     }
@@ -95,11 +98,11 @@ fn push_frame(c: &mut Conn, key: usize, f: &LocalFrame, q: &mut Queues<'_>) -> Q
 
 /// What a push needs besides the connection: the dirty list, the buffer
 /// pool, the counters and the limit.
-struct Queues<'a> {
-    dirty: &'a mut Vec<u32>,
-    pool: &'a mut BufPool,
-    stats: &'a mut LocalStats,
-    max_buffered: usize,
+pub(super) struct Queues<'a> {
+    pub(super) dirty: &'a mut Vec<u32>,
+    pub(super) pool: &'a mut BufPool,
+    pub(super) stats: &'a mut LocalStats,
+    pub(super) max_buffered: usize,
 }
 
 /// The backpressure policy, for every byte queued on a connection: mark it
@@ -109,7 +112,7 @@ struct Queues<'a> {
 /// recipient as a slow consumer, stop reading from a peer that caused its
 /// own backlog.
 #[inline]
-fn admit(c: &mut Conn, key: usize, cause: Cause, q: &mut Queues<'_>) -> Queued {
+pub(super) fn admit(c: &mut Conn, key: usize, cause: Cause, q: &mut Queues<'_>) -> Queued {
     if !c.has(DIRTY) {
         c.flags |= DIRTY;
         q.dirty.push(key as u32);
@@ -141,6 +144,7 @@ impl Core {
         Core {
             index,
             handle,
+            deflate: compress::Worker::new(&cfg, &dec_cfg),
             cfg,
             dec_cfg,
             registry,
@@ -264,6 +268,22 @@ impl Core {
         )
     }
 
+    /// [`Core::queues`] and the deflate state.
+    #[cfg(feature = "deflate")]
+    fn deflate_queues(&mut self) -> (&mut Slab<Conn>, &mut compress::Worker, Queues<'_>) {
+        let max_buffered = self.cfg.max_buffered;
+        (
+            &mut self.conns,
+            &mut self.deflate,
+            Queues {
+                dirty: &mut self.dirty,
+                pool: &mut self.pool,
+                stats: &mut self.stats,
+                max_buffered,
+            },
+        )
+    }
+
     /// Encode a data message for an open connection into its own buffer (a
     /// reply: the connection's own callback sent it).
     pub(crate) fn queue_owned(&mut self, key: usize, op: OpCode, payload: &[u8]) -> Queued {
@@ -272,6 +292,13 @@ impl Core {
             _ => return Queued::Dropped,
         }
         self.stats.messages_out_total += 1;
+        #[cfg(feature = "deflate")]
+        if self.conns.get(key).is_some_and(|c| c.deflate != 0) {
+            let (conns, dz, mut q) = self.deflate_queues();
+            if let Some(c) = conns.get_mut(key) {
+                return compress::push_one(c, key, op, payload, Cause::Reply, dz, &mut q);
+            }
+        }
         self.queue_raw(key, Cause::Reply, |v| encode::frame_into(v, op, payload))
     }
 
@@ -281,6 +308,18 @@ impl Core {
         let Some(c) = conns.get_mut(key) else {
             return Queued::Dropped;
         };
+        #[cfg(feature = "deflate")]
+        if c.deflate != 0 && c.phase == Phase::Open && !c.has(SLOW) {
+            // One recipient: compress for it alone.
+            if let Some((op, payload)) = compress::split_frame(f) {
+                let (conns, dz, mut q) = self.deflate_queues();
+                if let Some(c) = conns.get_mut(key) {
+                    q.stats.messages_out_total += 1;
+                    return compress::push_one(c, key, op, payload, cause, dz, &mut q);
+                }
+                return Queued::Dropped;
+            }
+        }
         if cause == Cause::Push {
             return push_frame(c, key, f, &mut q);
         }
@@ -774,8 +813,15 @@ impl Core {
             stats: &mut self.stats,
             max_buffered: max,
         };
+        // Deflated once per worker, on its first recipient that wants it.
+        let mut z = compress::Lazy::default();
+        let dz = &mut self.deflate;
         for (key, c) in self.conns.iter_mut() {
-            push_frame(c, key, &f, &mut q);
+            if c.deflate == 0 {
+                push_frame(c, key, &f, &mut q);
+            } else {
+                compress::push_deflated(c, key, &f, &mut z, dz, |dz| dz.shared_frame(&f), &mut q);
+            }
         }
     }
 
@@ -805,12 +851,28 @@ impl Core {
             stats: &mut self.stats,
             max_buffered: self.cfg.max_buffered,
         };
+        // Deflated once per publication (all workers), on the first
+        // recipient that wants it.
+        let mut z = compress::Lazy::default();
+        let dz = &mut self.deflate;
         for &key in self.topics.subscribers(id) {
             if skip == Some(key as usize) {
                 continue;
             }
             if let Some(c) = conns.get_mut(key as usize) {
-                push_frame(c, key as usize, &f, &mut q);
+                if c.deflate == 0 {
+                    push_frame(c, key as usize, &f, &mut q);
+                } else {
+                    compress::push_deflated(
+                        c,
+                        key as usize,
+                        &f,
+                        &mut z,
+                        dz,
+                        |dz| p.deflated_with(|plain| dz.shared_frame(plain)),
+                        &mut q,
+                    );
+                }
             }
         }
     }

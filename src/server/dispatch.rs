@@ -197,12 +197,14 @@ impl<H: Handler> App<H> {
                     return core.respond(key, &resp, true);
                 }
             };
+            let deflate = core.deflate.negotiate(&req);
             let Some(c) = core.conns.get_mut(key) else {
                 return;
             };
             if c.phase != Phase::Http {
                 return;
             }
+            c.deflate = deflate.map_or(0, |(_, bits)| bits);
             c.phase = Phase::Open;
             c.flags |= UPGRADED;
             let generation = c.generation;
@@ -210,7 +212,9 @@ impl<H: Handler> App<H> {
             core.arm_heartbeat(key, generation);
             core.stats.upgrades_total += 1;
             core.stats.websockets += 1;
-            core.queue_raw(key, Cause::Reply, |v| handshake::write_accept(&acc, v));
+            core.queue_raw(key, Cause::Reply, |v| {
+                handshake::write_accept_with(&acc, deflate.as_ref().map(|(p, _)| p), v)
+            });
             let slot = self.state_slot(key);
             *slot = Some(state);
             if let Some(mut st) = slot.take() {
@@ -249,6 +253,7 @@ impl<H: Handler> App<H> {
             return;
         };
         let id = ConnId::new(core.index, key, c.generation);
+        let rsv1 = c.deflate != 0;
         let mut dec = mem::take(&mut c.decoder);
         let mut state = self.state_slot(key).take();
         let mut off = 0;
@@ -257,7 +262,12 @@ impl<H: Handler> App<H> {
             if !matches!(phase, Phase::Open | Phase::Closing) {
                 break;
             }
-            let d = match dec.decode(&core.dec_cfg, &mut buf[off..]) {
+            let cfg = if rsv1 {
+                &core.deflate.dec_cfg
+            } else {
+                &core.dec_cfg
+            };
+            let d = match dec.decode(cfg, &mut buf[off..]) {
                 Ok(d) => d,
                 Err(e) => {
                     core.fail(key, e);
@@ -266,6 +276,38 @@ impl<H: Handler> App<H> {
             };
             off += d.consumed;
             let Some(msg) = d.message else { break };
+            #[cfg(feature = "deflate")]
+            if let (Some(op), Message::Binary(raw)) = (d.compressed, msg) {
+                // permessage-deflate: inflate into the worker's buffer.
+                let plain = match core.deflate.inflate(raw) {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        core.fail(key, e);
+                        break;
+                    }
+                };
+                let msg = if op == OpCode::Text {
+                    match std::str::from_utf8(&plain) {
+                        Ok(t) => Message::Text(t),
+                        Err(_) => {
+                            core.deflate.give_back(plain);
+                            core.fail(key, crate::protocol::ProtocolError::InvalidUtf8);
+                            break;
+                        }
+                    }
+                } else {
+                    Message::Binary(&plain)
+                };
+                core.stats.messages_in_total += 1;
+                if phase == Phase::Open {
+                    if let Some(st) = state.as_mut() {
+                        self.handler
+                            .on_message(st, msg, &mut Context { core, key, id });
+                    }
+                }
+                core.deflate.give_back(plain);
+                continue;
+            }
             match msg {
                 Message::Text(_) | Message::Binary(_) => {
                     core.stats.messages_in_total += 1;

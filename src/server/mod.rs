@@ -14,6 +14,7 @@ pub mod handler;
 pub mod hub;
 pub mod response;
 
+mod compress;
 mod conn;
 mod core;
 mod dispatch;

@@ -632,6 +632,7 @@ impl<H: Handler> Loop<H> {
                     .pending
                     .fetch_sub(held, Ordering::Relaxed);
             }
+            self.core.deflate.forget(key);
             let mut c = self.core.conns.remove(key);
             for sub in mem::take(&mut c.subs) {
                 self.core.drop_sub(sub);

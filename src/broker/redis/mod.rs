@@ -146,12 +146,8 @@ impl Inner {
             data,
         });
         Arc::new(Publication {
-            channel,
-            seq,
-            epoch,
-            frame: e.frame,
-            payload: e.payload.start as u32..e.payload.end as u32,
             exclude,
+            ..Publication::new(channel, seq, epoch, e)
         })
     }
 }
@@ -453,7 +449,9 @@ pub(crate) fn parse_message(bytes: &[u8]) -> Option<Message<'_>> {
     let format = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let exclude = match parts.next()? {
         b"" => None,
-        id => Some(ConnId::from_u64(std::str::from_utf8(id).ok()?.parse().ok()?)),
+        id => Some(ConnId::from_u64(
+            std::str::from_utf8(id).ok()?.parse().ok()?,
+        )),
     };
     Some(Message {
         seq,
