@@ -3,11 +3,11 @@
 //!
 //! Workers never talk to Redis. Two threads per node do, each with its own
 //! connections:
-//! - the **writer** ([`writer`]) takes publications, relays and the node's
+//! - the **writer** (`writer.rs`) takes publications, relays and the node's
 //!   heartbeat from a queue and sends them in pipelines (every publication
 //!   waiting when a round trip starts goes in it), then calls each one's
 //!   reply;
-//! - the **reader** ([`reader`]) holds the pub/sub connection and this
+//! - the **reader** (`reader.rs`) holds the pub/sub connection and this
 //!   node's channel table: which channels have local subscribers (it
 //!   subscribes to a channel's pub/sub while some do), on which workers,
 //!   and the last seq it delivered. It answers subscriptions (position and
