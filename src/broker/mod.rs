@@ -120,6 +120,12 @@ impl Publication {
         }
     }
 
+    /// A broadcast: the frame for every connection, one value shared by
+    /// all workers (so it is deflated once, like a publication).
+    pub(crate) fn broadcast(frame: Frame) -> Publication {
+        Publication::new(Arc::from(""), 0, Epoch(0), Encoded::whole(frame))
+    }
+
     /// The compressed (RSV1) frame for recipients that negotiated
     /// permessage-deflate without context takeover: `make` deflates the
     /// plain frame on the first call, outside any lock of the broker;

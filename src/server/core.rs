@@ -803,9 +803,9 @@ impl Core {
         }
     }
 
-    pub(crate) fn broadcast(&mut self, frame: super::hub::Frame) {
+    pub(crate) fn broadcast(&mut self, p: &Publication) {
         self.stats.publications_total += 1;
-        let f: LocalFrame = Rc::new(frame.into_shared());
+        let f: LocalFrame = Rc::new(p.frame().clone().into_shared());
         let max = self.cfg.max_buffered;
         let mut q = Queues {
             dirty: &mut self.dirty,
@@ -813,14 +813,17 @@ impl Core {
             stats: &mut self.stats,
             max_buffered: max,
         };
-        // Deflated once per worker, on its first recipient that wants it.
+        // Deflated once per broadcast (all workers), on the first
+        // recipient that wants it.
         let mut z = compress::Lazy::default();
         let dz = &mut self.deflate;
         for (key, c) in self.conns.iter_mut() {
             if c.deflate == 0 {
                 push_frame(c, key, &f, &mut q);
             } else {
-                compress::push_deflated(c, key, &f, &mut z, dz, |dz| dz.shared_frame(&f), &mut q);
+                let make =
+                    |dz: &mut compress::Worker| p.deflated_with(|plain| dz.shared_frame(plain));
+                compress::push_deflated(c, key, &f, &mut z, dz, make, &mut q);
             }
         }
     }

@@ -159,7 +159,7 @@ impl fmt::Debug for Frame {
 /// What a worker is asked to do from outside its loop.
 pub(crate) enum Command {
     /// Queue on every open connection.
-    Broadcast(Frame),
+    Broadcast(Arc<Publication>),
     /// Queue on every subscriber of the publication's channel.
     Publish(Arc<Publication>),
     /// Queue on one connection.
@@ -384,7 +384,8 @@ impl Handle {
 
     /// Queue `frame` on every open WebSocket connection of this node.
     pub(crate) fn broadcast_here(&self, frame: Frame) {
-        self.hub.post_all(|| Command::Broadcast(frame.clone()));
+        let p = Arc::new(Publication::broadcast(frame));
+        self.hub.post_all(|| Command::Broadcast(p.clone()));
     }
 
     /// Publish `frame` to every connection subscribed to `topic` (all

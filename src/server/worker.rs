@@ -524,7 +524,7 @@ impl<H: Handler> Loop<H> {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Broadcast(frame) => self.core.broadcast(frame),
+            Command::Broadcast(p) => self.core.broadcast(&p),
             Command::Publish(p) => self.core.publish(&p),
             Command::Send(id, frame) => {
                 if let Some(key) = self.core.lookup(id) {

@@ -691,7 +691,8 @@ fn relayed(inner: &Inner, body: &[u8]) {
         }
         (Some("B"), Some(format), None) => {
             let f = frame(format);
-            inner.hub.post_all(|| Command::Broadcast(f.clone()));
+            let p = Arc::new(crate::broker::Publication::broadcast(f));
+            inner.hub.post_all(|| Command::Broadcast(p.clone()));
         }
         _ => log::error!("Redis: unreadable relayed message ({} bytes)", body.len()),
     }
