@@ -7,10 +7,10 @@
 //! until it closes. Per worker: one inflater (every client message is a
 //! fresh deflate stream: the server always answers
 //! `client_no_context_takeover`), one no-context compressor for messages
-//! compressed for a single recipient in `shared` mode (replies, sends,
-//! broadcasts: a broadcast is deflated once per worker), and the buffer
-//! messages are inflated into. Publications are deflated once for the
-//! whole process (see [`Publication::deflated_with`](crate::broker::Publication)).
+//! compressed for a single recipient in `shared` mode (replies, sends),
+//! and the buffer messages are inflated into. Publications and broadcasts
+//! are deflated once for the whole process (see
+//! [`Publication::deflated_with`](crate::broker::Publication)).
 
 use super::config::Config;
 use crate::protocol::deflate::{Compression, DeflateConfig, Params};
