@@ -529,3 +529,61 @@ fn a_redis_cluster_keeps_each_channel_in_order_across_shards_and_a_master_restar
         }
     }
 }
+
+#[test]
+fn a_publish_flood_while_redis_stalls_is_refused_not_queued_without_limit() {
+    if !redis::available() {
+        return;
+    }
+    let r = Redis::start();
+    let a = node(&r, &["--client-publish", "flood", "--redis-timeout", "20s"]);
+    let mut c = common::RawWs::connect(a.addr, "/ws");
+    let welcome = c.next().unwrap();
+    assert!(String::from_utf8_lossy(&welcome.1).contains("welcome"));
+    // Redis stops answering writes for a while; the node's writer waits on
+    // its pipeline and the flood piles up behind it.
+    r.cli(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    let n = 80_000;
+    let mut out = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut v = Vec::new();
+        for i in 0..n {
+            let m = format!("{{\"op\":\"publish\",\"channel\":\"flood\",\"data\":{i}}}");
+            wspush::protocol::encode::masked_frame_into(
+                &mut v,
+                true,
+                wspush::protocol::OpCode::Text,
+                m.as_bytes(),
+                [1, 2, 3, 4],
+            );
+            if v.len() > 64 << 10 {
+                out.write_all(&v).unwrap();
+                v.clear();
+            }
+        }
+        out.write_all(&v).unwrap();
+    });
+    let (mut published, mut refused) = (0, 0);
+    while published + refused < n {
+        let (_, text) = c.next().expect("a reply");
+        let m = json(&String::from_utf8_lossy(&text));
+        match m["op"].as_str() {
+            Some("published") => published += 1,
+            Some("error") => {
+                assert_eq!(m["code"], "unavailable", "{m}");
+                refused += 1;
+            }
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    writer.join().unwrap();
+    assert!(refused > 0, "some of the flood was refused");
+    assert!(
+        published >= 60_000,
+        "what was queued was published ({published})"
+    );
+    assert!(a.logged("requests wait for Redis"), "said so");
+    // Redis and the node carry on.
+    publish(a.addr, "after", "1");
+}

@@ -63,6 +63,10 @@ impl Default for RedisConfig {
     }
 }
 
+/// Jobs (publications, history reads, relays) waiting for the writer at
+/// most; past it new ones are refused at once.
+const WRITE_QUEUE: usize = 65_536;
+
 /// A node silent for this long is no longer listed.
 const NODE_EXPIRY_MS: u64 = 6_000;
 
@@ -95,6 +99,8 @@ pub(crate) struct Inner {
     subscriptions: AtomicU64,
     nodes: Mutex<Vec<NodeInfo>>,
     stop: AtomicBool,
+    /// The writer's queue was found full (warned once until it drains).
+    full_warned: AtomicBool,
 }
 
 impl Inner {
@@ -239,8 +245,11 @@ impl RedisBroker {
             subscriptions: AtomicU64::new(0),
             nodes: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            full_warned: AtomicBool::new(false),
         });
-        let (wtx, wrx) = crossbeam_channel::unbounded();
+        // Bounded: a flood of publications while Redis is slow is refused
+        // (503) instead of queued without limit.
+        let (wtx, wrx) = crossbeam_channel::bounded(WRITE_QUEUE);
         let w = inner.clone();
         std::thread::Builder::new()
             .name("wspush-redis-writer".into())
@@ -283,6 +292,28 @@ impl RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// Hand a job to the writer; refused at once when its queue is full.
+    fn queue<T>(&self, job: writer::Job) -> Answer<T> {
+        match self.writes.try_send(job) {
+            Ok(()) => Answer::Later,
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                if !self.inner.full_warned.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "Redis: {WRITE_QUEUE} requests wait for Redis; new ones are refused until they drain"
+                    );
+                }
+                Answer::Now(Err(Unavailable(Arc::from(
+                    "too many requests waiting for Redis",
+                ))))
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                Answer::Now(Err(self.inner.unavailable()))
+            }
+        }
+    }
+}
+
 impl Drop for RedisBroker {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
@@ -308,10 +339,7 @@ impl Broker for RedisBroker {
             data: Arc::from(data),
             reply: later(),
         };
-        match self.writes.send(job) {
-            Ok(()) => Answer::Later,
-            Err(_) => Answer::Now(Err(self.inner.unavailable())),
-        }
+        self.queue(job)
     }
 
     fn join(&self, channel: &str, who: Joiner, since: Option<Position>) -> Answer<Joined> {
@@ -353,10 +381,7 @@ impl Broker for RedisBroker {
             limit,
             reply: later(),
         };
-        match self.writes.send(job) {
-            Ok(()) => Answer::Later,
-            Err(_) => Answer::Now(Err(self.inner.unavailable())),
-        }
+        self.queue(job)
     }
 
     fn channel(&self, channel: &str) -> (u64, Position) {
@@ -404,10 +429,7 @@ impl Broker for RedisBroker {
         if !self.inner.writer_up[0].load(Ordering::Relaxed) {
             return Answer::Now(Err(self.inner.unavailable()));
         }
-        match self.writes.send(writer::Job::Relay(msg, later())) {
-            Ok(()) => Answer::Later,
-            Err(_) => Answer::Now(Err(self.inner.unavailable())),
-        }
+        self.queue(writer::Job::Relay(msg, later()))
     }
 
     fn health(&self) -> Health {

@@ -183,6 +183,9 @@ pub(crate) fn run(inner: Arc<Inner>, jobs: Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        if jobs.is_empty() {
+            inner.full_warned.store(false, Ordering::Relaxed);
+        }
         let beat = Instant::now() >= next_beat;
         if beat {
             next_beat = Instant::now() + HEARTBEAT;
