@@ -587,3 +587,20 @@ fn a_publish_flood_while_redis_stalls_is_refused_not_queued_without_limit() {
     // Redis and the node carry on.
     publish(a.addr, "after", "1");
 }
+
+#[test]
+fn signals_reach_a_node_with_redis_threads_running() {
+    if !redis::available() {
+        return;
+    }
+    let r = Redis::start();
+    let mut a = node(&r, &[]);
+    // The Redis broker's threads start before the signal thread: a SIGHUP
+    // must still reload (not kill), a SIGTERM drain and exit 0.
+    a.signal(libc::SIGHUP);
+    assert!(a.wait_logged("SIGHUP"), "{}", a.log_text());
+    assert_eq!(http(a.addr, "GET", "/healthz", "", b"").0, 200, "still up");
+    a.signal(libc::SIGTERM);
+    let st = a.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(st.success(), "{st:?}");
+}

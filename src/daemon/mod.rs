@@ -562,9 +562,14 @@ pub const SIGNALS: [(libc::c_int, &str, SignalAction); 6] = [
 /// and start a thread that waits for them: the drain signals begin the
 /// drain of every server given; SIGHUP calls `reload` (secrets from files);
 /// the others are logged.
-fn watch_signals(handles: Vec<Handle>, reload: impl Fn() + Send + 'static) -> io::Result<()> {
+/// Block the signals the daemon handles in the calling thread, and so in
+/// every thread it starts afterwards (workers, the Redis broker's, the
+/// webhook sender): only [`watch_signals`]'s thread takes them. Called
+/// before any thread exists; a thread started earlier would be killed by
+/// the default action of a SIGHUP or SIGTERM instead.
+fn block_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: plain libc calls on a local, zero-initialised signal set.
-    let set = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for (sig, _, _) in SIGNALS {
@@ -573,8 +578,16 @@ fn watch_signals(handles: Vec<Handle>, reload: impl Fn() + Send + 'static) -> io
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
-        set
-    };
+        Ok(set)
+    }
+}
+
+/// Take the blocked signals `set` on a thread of their own.
+fn watch_signals(
+    set: libc::sigset_t,
+    handles: Vec<Handle>,
+    reload: impl Fn() + Send + 'static,
+) -> io::Result<()> {
     std::thread::Builder::new()
         .name("wspush-signals".into())
         .spawn(move || loop {
@@ -684,6 +697,7 @@ pub fn run(mut args: Args) -> io::Result<()> {
         return Ok(());
     }
     raise_open_files_limit();
+    let signals = block_signals()?;
     let mut cfg = args.config();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(TlsAcceptor::from_pem_files(cert, key)?)),
@@ -716,7 +730,6 @@ pub fn run(mut args: Args) -> io::Result<()> {
     };
     let mut handles = vec![main_handle.clone()];
     handles.extend(api.as_ref().map(|a| a.handle()));
-    // Signals must be blocked before the worker threads exist.
     let reload = {
         let (args, shared) = (args.clone(), shared.clone());
         move || {
@@ -734,7 +747,7 @@ pub fn run(mut args: Args) -> io::Result<()> {
             }
         }
     };
-    watch_signals(handles, reload)?;
+    watch_signals(signals, handles, reload)?;
     log::info!(
         "wspush listening on {} ({} workers); max-connections {}, max-message-size {} B, max-buffered {} B, handshake-timeout {:?}, ping-interval {}, idle-timeout {}, drain-timeout {:?}, protocols {:?}, origins {}, client-publish {:?}, tokens {}, history {}, max-pending-bytes {} B, tls {}, redis {}",
         server.local_addr(),
