@@ -10,7 +10,7 @@ use std::time::Duration;
 use ::redis::{cmd, Connection, PushKind, Value};
 use crossbeam_channel::Receiver;
 
-use super::scripts::{self, META_TTL_MS};
+use super::scripts;
 use super::writer::{parse_read, Read};
 use super::{backoff, parse_message, Chan, Inner};
 use crate::broker::{Epoch, Format, Joined, Joiner, Meta, Position, Unavailable};
@@ -272,8 +272,8 @@ fn session(
     }
 }
 
-/// The read script for `channel`: after `after` (with its epoch; none for
-/// a position only), at most `limit` entries.
+/// The read script for `channel` (a subscription's: it creates the stream
+/// if absent): after `after`, at most `limit` entries.
 fn read_cmd(
     inner: &Inner,
     pipe: &mut ::redis::Pipeline,
@@ -281,21 +281,8 @@ fn read_cmd(
     after: Option<Position>,
     limit: usize,
 ) {
-    let sha = ::redis::Script::new(scripts::READ_LUA)
-        .get_hash()
-        .to_string();
-    pipe.cmd("EVALSHA")
-        .arg(sha)
-        .arg(2)
-        .arg(scripts::meta_key(channel))
-        .arg(scripts::history_key(channel))
-        .arg("join")
-        .arg(after.map_or(String::new(), |p| p.seq.to_string()))
-        .arg(after.map_or(String::new(), |p| p.epoch.to_string()))
-        .arg(limit)
-        .arg((inner.history.ttl.as_millis() as u64).max(1))
-        .arg(Epoch::random().to_string())
-        .arg(META_TTL_MS);
+    let ttl = inner.history.ttl.as_millis() as u64;
+    scripts::read(pipe, scripts::ReadMode::Join, channel, after, limit, ttl);
 }
 
 fn reads(

@@ -142,6 +142,62 @@ redis.call('ZADD', KEYS[1], now, ARGV[1])
 return 1
 "#;
 
+/// The SHA1 a script is called by (`EVALSHA`), computed once per script.
+pub fn sha(script: &'static str) -> &'static str {
+    use std::sync::OnceLock;
+    static SHAS: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
+    let i = [PUBLISH_LUA, READ_LUA, HEARTBEAT_LUA, CLAIM_LUA]
+        .iter()
+        .position(|s| std::ptr::eq(*s, script))
+        .expect("one of this module's scripts");
+    SHAS[i].get_or_init(|| ::redis::Script::new(script).get_hash().to_string())
+}
+
+/// What [`read`] may do to a channel that has no stream yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// A subscription: create the stream (its epoch) if absent.
+    Join,
+    /// A history listing: change nothing.
+    Read,
+}
+
+/// Queue a [`READ_LUA`] call on `pipe`: publications of `channel` after
+/// `after` (its epoch `Epoch(0)`: any), at most `limit`, none older than
+/// `ttl_ms`.
+pub fn read(
+    pipe: &mut ::redis::Pipeline,
+    mode: ReadMode,
+    channel: &str,
+    after: Option<crate::broker::Position>,
+    limit: usize,
+    ttl_ms: u64,
+) {
+    use crate::broker::Epoch;
+    let epoch = match after {
+        Some(p) if p.epoch != Epoch(0) => p.epoch.to_string(),
+        _ => String::new(),
+    };
+    pipe.cmd("EVALSHA")
+        .arg(sha(READ_LUA))
+        .arg(2)
+        .arg(meta_key(channel))
+        .arg(history_key(channel))
+        .arg(match mode {
+            ReadMode::Join => "join",
+            ReadMode::Read => "read",
+        })
+        .arg(after.map_or(String::new(), |p| p.seq.to_string()))
+        .arg(epoch)
+        .arg(limit)
+        .arg(ttl_ms.max(1))
+        .arg(match mode {
+            ReadMode::Join => Epoch::random().to_string(),
+            ReadMode::Read => String::new(),
+        })
+        .arg(META_TTL_MS);
+}
+
 /// The meta key of a channel.
 pub fn meta_key(channel: &str) -> String {
     format!("wspush:{{{channel}}}:m")
@@ -184,5 +240,7 @@ mod tests {
         assert_eq!(history_key("a.b"), "wspush:{a.b}:h");
         assert_eq!(channel_of(&pubsub_channel("#user:x")), Some("#user:x"));
         assert_eq!(channel_of("wspush:node:3"), None);
+        assert_eq!(sha(READ_LUA), ::redis::Script::new(READ_LUA).get_hash());
+        assert_ne!(sha(READ_LUA), sha(PUBLISH_LUA));
     }
 }

@@ -83,12 +83,6 @@ fn load_scripts(con: &mut Connection) -> ::redis::RedisResult<()> {
     Ok(())
 }
 
-struct Shas {
-    publish: String,
-    read: String,
-    heartbeat: String,
-}
-
 /// One shard's connection and its reconnection schedule.
 struct Link {
     con: Option<Connection>,
@@ -108,17 +102,6 @@ impl Job {
 }
 
 pub(crate) fn run(inner: Arc<Inner>, jobs: Receiver<Job>) {
-    let shas = Shas {
-        publish: ::redis::Script::new(scripts::PUBLISH_LUA)
-            .get_hash()
-            .to_string(),
-        read: ::redis::Script::new(scripts::READ_LUA)
-            .get_hash()
-            .to_string(),
-        heartbeat: ::redis::Script::new(scripts::HEARTBEAT_LUA)
-            .get_hash()
-            .to_string(),
-    };
     let shards = inner.topology.shards.len();
     let now = Instant::now();
     let mut links: Vec<Link> = (0..shards)
@@ -198,7 +181,7 @@ pub(crate) fn run(inner: Arc<Inner>, jobs: Receiver<Job>) {
                 }
                 continue;
             };
-            if let Err(e) = send(&inner, c, &shas, batch, beat && i == beat_shard) {
+            if let Err(e) = send(&inner, c, batch, beat && i == beat_shard) {
                 log::error!(
                     "Redis: writer lost its connection to {} ({e}); its publications are refused until it is back",
                     inner.topology.shards[i]
@@ -229,7 +212,6 @@ fn connect(inner: &Inner, shard: usize) -> ::redis::RedisResult<Connection> {
 fn send(
     inner: &Inner,
     con: &mut Connection,
-    shas: &Shas,
     batch: &mut Vec<Job>,
     beat: bool,
 ) -> ::redis::RedisResult<()> {
@@ -250,7 +232,7 @@ fn send(
                 ..
             } => {
                 pipe.cmd("EVALSHA")
-                    .arg(&shas.publish)
+                    .arg(scripts::sha(scripts::PUBLISH_LUA))
                     .arg(2)
                     .arg(scripts::meta_key(channel))
                     .arg(scripts::history_key(channel))
@@ -275,24 +257,14 @@ fn send(
                 limit,
                 ..
             } => {
-                pipe.cmd("EVALSHA")
-                    .arg(&shas.read)
-                    .arg(2)
-                    .arg(scripts::meta_key(channel))
-                    .arg(scripts::history_key(channel))
-                    .arg("read")
-                    .arg(since.map_or(String::new(), |s| s.seq.to_string()))
-                    .arg(since.map_or(String::new(), |s| {
-                        if s.epoch == Epoch(0) {
-                            String::new()
-                        } else {
-                            s.epoch.to_string()
-                        }
-                    }))
-                    .arg(*limit)
-                    .arg(ttl.max(1))
-                    .arg("")
-                    .arg(META_TTL_MS);
+                scripts::read(
+                    &mut pipe,
+                    scripts::ReadMode::Read,
+                    channel,
+                    *since,
+                    *limit,
+                    ttl,
+                );
             }
             Job::Relay(msg, _) => {
                 let (target, body) = relay_message(msg);
@@ -303,7 +275,7 @@ fn send(
     if beat {
         let conns = inner.hub.open.load(Ordering::Relaxed);
         pipe.cmd("EVALSHA")
-            .arg(&shas.heartbeat)
+            .arg(scripts::sha(scripts::HEARTBEAT_LUA))
             .arg(2)
             .arg(scripts::NODES_KEY)
             .arg(scripts::NODE_CONNS_KEY)
