@@ -241,30 +241,48 @@ fn publish(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> Res
         Ok(d) => d,
         Err(r) => return r,
     };
-    let opts = PublishOptions::kept(envelope::CHANNEL);
-    let shared = svc.shared().clone();
     let name = channel.clone();
+    published(
+        svc,
+        conn,
+        &channel,
+        PublishOptions::kept(envelope::CHANNEL),
+        &data,
+        move |p, reached| {
+            format!(
+                "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",{reached}}}\n",
+                json_str(&name),
+                p.seq,
+                p.epoch
+            )
+        },
+    )
+}
+
+/// Publish `data` on `topic` and answer with `body(publication, reached)`
+/// (`reached`: `"recipients":N`, or `"nodes":N` in a cluster), now or when
+/// the broker's reply comes; 503 when the broker cannot take it.
+fn published(
+    svc: &PushService,
+    conn: ConnId,
+    topic: &str,
+    opts: PublishOptions,
+    data: &str,
+    body: impl Fn(&Published, &str) -> String + Send + Clone + 'static,
+) -> Response {
+    let shared = svc.shared().clone();
     let cluster = svc.handle().broker().node() != 0;
     answer(
         svc,
         conn,
         |later| {
             svc.handle()
-                .publish_with(&channel, opts, data.as_bytes(), later)
+                .publish_with(topic, opts, data.as_bytes(), later)
         },
         move |r: Result<Published, Unavailable>| match r {
             Ok(p) => {
                 shared.publications.fetch_add(1, Ordering::Relaxed);
-                Response::json(
-                    200,
-                    format!(
-                        "{{\"channel\":{},\"seq\":{},\"epoch\":\"{}\",{}}}\n",
-                        json_str(&name),
-                        p.seq,
-                        p.epoch,
-                        reached(cluster, p.recipients)
-                    ),
-                )
+                Response::json(200, body(&p, &reached(cluster, p.recipients)))
             }
             Err(e) => unavailable(&e),
         },
@@ -360,30 +378,13 @@ fn user_send(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> R
         Err(r) => return r,
     };
     let topic = user_topic(&user);
-    let opts = PublishOptions::unkept(envelope::DIRECT);
-    let shared = svc.shared().clone();
-    let cluster = svc.handle().broker().node() != 0;
-    answer(
+    published(
         svc,
         conn,
-        |later| {
-            svc.handle()
-                .publish_with(&topic, opts, data.as_bytes(), later)
-        },
-        move |r: Result<Published, Unavailable>| match r {
-            Ok(p) => {
-                shared.publications.fetch_add(1, Ordering::Relaxed);
-                Response::json(
-                    200,
-                    format!(
-                        "{{\"user\":{},{}}}\n",
-                        json_str(&user),
-                        reached(cluster, p.recipients)
-                    ),
-                )
-            }
-            Err(e) => unavailable(&e),
-        },
+        &topic,
+        PublishOptions::unkept(envelope::DIRECT),
+        &data,
+        move |_, reached| format!("{{\"user\":{},{reached}}}\n", json_str(&user)),
     )
 }
 
