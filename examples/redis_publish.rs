@@ -54,6 +54,7 @@ fn main() -> std::io::Result<()> {
         },
         cluster: cluster.is_some(),
         timeout: Duration::from_secs(5),
+        ..RedisConfig::default()
     });
     let server = Server::builder().config(cfg).build(|_, _| Nothing)?;
     let handle = server.handle();

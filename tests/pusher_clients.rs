@@ -172,7 +172,7 @@ fn every_api_call_of_the_node_sdk() {
     }
     let d = daemon(&[]);
     scenario(&d, "api_node", None);
-    assert!(d.wait_logged("terminated 1 connections of user \"u1\""));
+    assert!(d.wait_logged("terminating the connections of user \"u1\" (1 here)"));
 }
 
 #[test]
@@ -207,4 +207,22 @@ fn webhooks_signed_and_in_order() {
     let url = format!("http://127.0.0.1:{port}/hooks");
     let d = daemon(&["--pusher-client-events", "--pusher-webhook", &url]);
     scenario(&d, "webhooks", Some(&port.to_string()));
+}
+
+#[test]
+fn presence_across_two_nodes_with_one_killed() {
+    if !clients_or_skip(false) || !common::redis::available() {
+        return;
+    }
+    let r = common::redis::Redis::start();
+    let url = r.url();
+    let args = ["--redis", url.as_str(), "--presence-lease", "3s"];
+    let a = daemon(&args);
+    let mut b = daemon(&args);
+    let arg = format!("{},{}", b.addr.port(), b.child.id());
+    scenario(&a, "presence_cluster", Some(&arg));
+    assert!(
+        b.wait_exit(Duration::from_secs(5)).is_some(),
+        "node B was killed"
+    );
 }

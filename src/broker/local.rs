@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::history::{AgeList, HistoryConfig, Ring, CHANNEL_OVERHEAD};
+use super::presence::{self, Change, Enter, Entered, Events, Occupied, Presence, Roster};
 use super::{
     Answer, Broker, Epoch, HistoryPage, Joined, Joiner, Meta, Position, Publication,
     PublishOptions, Published, Reply, Totals,
 };
 use crate::server::hub::{Command, Hub, MAX_WORKERS};
+use crate::server::ConnId;
 
 const SHARDS: usize = 64;
 
@@ -31,12 +33,14 @@ struct Channel {
     per_worker: Box<[u32]>,
     total: u64,
     ring: Ring,
+    /// Presence (who entered), on channels that use it.
+    roster: Option<Box<Roster>>,
 }
 
 impl Channel {
-    /// Nothing to remember: no subscriber and no history.
+    /// Nothing to remember: no subscriber, no history, no presence.
     fn forgettable(&self) -> bool {
-        self.total == 0 && self.ring.is_empty()
+        self.total == 0 && self.ring.is_empty() && self.roster.is_none()
     }
 
     fn position(&self) -> Position {
@@ -144,6 +148,7 @@ impl LocalBroker {
                     per_worker: vec![0; workers].into_boxed_slice(),
                     total: 0,
                     ring: Ring::default(),
+                    roster: None,
                 },
             );
         }
@@ -194,66 +199,19 @@ impl Broker for LocalBroker {
         data: &[u8],
         _later: &mut dyn FnMut() -> Reply<Published>,
     ) -> Answer<Published> {
-        let keep = opts.history && self.history.enabled();
-        let workers = self.hub.workers().min(MAX_WORKERS);
         let mut wakes = [false; MAX_WORKERS];
-        let mut kept = false;
-        let now;
-        let published = {
+        let (published, kept, now) = {
             let mut shard = self.shard(channel);
             // Read under the lock: a channel's entries are in time order.
-            now = self.now_ms();
+            let now = self.now_ms();
             let ch = self.entry(&mut shard, channel);
-            ch.seq += 1;
-            let published = Published {
-                seq: ch.seq,
-                epoch: ch.epoch,
-                recipients: ch.total,
-            };
-            if ch.total > 0 || keep {
-                let p = Arc::new(Publication {
-                    exclude: opts.exclude,
-                    ..Publication::new(
-                        ch.name.clone(),
-                        ch.seq,
-                        ch.epoch,
-                        opts.format.encode(&Meta {
-                            channel,
-                            seq: ch.seq,
-                            epoch: ch.epoch,
-                            data,
-                        }),
-                    )
-                });
-                for (w, &n) in ch.per_worker.iter().enumerate().take(workers) {
-                    if n > 0 {
-                        wakes[w] = self.hub.enqueue(w, Command::Publish(p.clone())).1;
-                    }
-                }
-                if keep {
-                    self.settle_ring(false, ch.ring.is_empty());
-                    self.live.fetch_add(1, Ordering::Relaxed);
-                    self.bytes.fetch_add(p.cost(), Ordering::Relaxed);
-                    // Into the age list under the channel's lock, so a
-                    // channel's entries stand there in ring order (lock
-                    // order: shard, then age list; `evict` never holds both).
-                    let live = self.live.load(Ordering::Relaxed);
-                    self.ages.lock().unwrap_or_else(|p| p.into_inner()).push(
-                        now,
-                        Arc::downgrade(&p),
-                        live,
-                    );
-                    kept = true;
-                    ch.ring
-                        .push(now, p, self.history.size, |old| self.forget(old));
-                }
-            }
+            let (published, kept) = self.publish_in(ch, opts, data, now, &mut wakes);
             if ch.forgettable() {
                 shard.remove(channel);
             }
-            published
+            (published, kept, now)
         };
-        self.hub.wake_all(&wakes[..workers]);
+        self.wake(&wakes);
         if kept {
             self.evict(now);
         }
@@ -313,9 +271,206 @@ impl Broker for LocalBroker {
             self.evict(self.now_ms());
         }
     }
+
+    fn presence_enter(
+        &self,
+        channel: &str,
+        enter: Enter<'_>,
+        _later: &mut dyn FnMut() -> Reply<Entered>,
+    ) -> Answer<Entered> {
+        let mut wakes = [false; MAX_WORKERS];
+        let (entered, kept, now, added, occupied) = {
+            let mut shard = self.shard(channel);
+            let now = self.now_ms();
+            let ch = self.entry(&mut shard, channel);
+            let roster = ch
+                .roster
+                .get_or_insert_with(|| Box::new(Roster::new(enter.events)));
+            let Some((added, occupied)) = roster.enter(&enter) else {
+                if roster.is_empty() {
+                    ch.roster = None;
+                }
+                if ch.forgettable() {
+                    shard.remove(channel);
+                }
+                return Answer::Now(Ok(Entered::Full));
+            };
+            let members = if enter.member.is_some() {
+                roster.snapshot()
+            } else {
+                Vec::new()
+            };
+            let mut kept = false;
+            if let (true, Some((user, info))) = (added, enter.member) {
+                let data = presence::member_added_data(user, info);
+                let opts = PublishOptions::kept(enter.events.added);
+                kept = self.publish_in(ch, opts, &data, now, &mut wakes).1;
+            }
+            let entered = Entered::In {
+                position: ch.position(),
+                members,
+            };
+            (entered, kept, now, added, occupied)
+        };
+        self.wake(&wakes);
+        if kept {
+            self.evict(now);
+        }
+        if occupied {
+            enter.events.tell(channel, &Change::Occupied);
+        }
+        if let (true, Some((user, _))) = (added, enter.member) {
+            enter
+                .events
+                .tell(channel, &Change::MemberAdded(user.to_string()));
+        }
+        Answer::Now(Ok(entered))
+    }
+
+    fn presence_leave(&self, channel: &str, conn: ConnId) {
+        let mut wakes = [false; MAX_WORKERS];
+        let (removed, vacated, kept, now, events) = {
+            let mut shard = self.shard(channel);
+            let now = self.now_ms();
+            let Some(ch) = shard.get_mut(channel) else {
+                return;
+            };
+            let Some(roster) = ch.roster.as_mut() else {
+                return;
+            };
+            let (removed, vacated) = roster.leave(conn);
+            let events = roster.events.clone();
+            if roster.is_empty() {
+                ch.roster = None;
+            }
+            let mut kept = false;
+            if let Some(u) = &removed {
+                let opts = PublishOptions::kept(events.removed);
+                kept = self.publish_in(ch, opts, u.as_bytes(), now, &mut wakes).1;
+            }
+            if ch.forgettable() {
+                shard.remove(channel);
+            }
+            (removed, vacated, kept, now, events)
+        };
+        self.wake(&wakes);
+        if kept {
+            self.evict(now);
+        }
+        if let Some(u) = removed {
+            events.tell(channel, &Change::MemberRemoved(u));
+        }
+        if vacated {
+            events.tell(channel, &Change::Vacated);
+        }
+    }
+
+    fn presence(
+        &self,
+        channel: &str,
+        _events: &Events,
+        _later: &mut dyn FnMut() -> Reply<Presence>,
+    ) -> Answer<Presence> {
+        let shard = self.shard(channel);
+        let p = shard
+            .get(channel)
+            .and_then(|c| c.roster.as_ref())
+            .map_or_else(Presence::default, |r| Presence {
+                subscribers: r.subscribers(),
+                members: r.snapshot(),
+            });
+        Answer::Now(Ok(p))
+    }
+
+    fn presence_channels(
+        &self,
+        prefix: &str,
+        _later: &mut dyn FnMut() -> Reply<Vec<Occupied>>,
+    ) -> Answer<Vec<Occupied>> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let shard = s.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, c) in shard.iter() {
+                if let Some(r) = c.roster.as_ref().filter(|_| name.starts_with(prefix)) {
+                    out.push(Occupied {
+                        channel: name.to_string(),
+                        subscribers: r.subscribers(),
+                        users: r.users(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        Answer::Now(Ok(out))
+    }
 }
 
 impl LocalBroker {
+    /// Publish on `ch` (its shard locked by the caller): number it, hand it
+    /// to the workers with subscribers (marking them in `wakes`) and keep
+    /// it. `(what it reached, whether it was kept)`.
+    fn publish_in(
+        &self,
+        ch: &mut Channel,
+        opts: PublishOptions,
+        data: &[u8],
+        now: u64,
+        wakes: &mut [bool; MAX_WORKERS],
+    ) -> (Published, bool) {
+        let keep = opts.history && self.history.enabled();
+        let workers = self.hub.workers().min(MAX_WORKERS);
+        ch.seq += 1;
+        let published = Published {
+            seq: ch.seq,
+            epoch: ch.epoch,
+            recipients: ch.total,
+        };
+        if ch.total == 0 && !keep {
+            return (published, false);
+        }
+        let p = Arc::new(Publication {
+            exclude: opts.exclude,
+            ..Publication::new(
+                ch.name.clone(),
+                ch.seq,
+                ch.epoch,
+                opts.format.encode(&Meta {
+                    channel: &ch.name,
+                    seq: ch.seq,
+                    epoch: ch.epoch,
+                    data,
+                }),
+            )
+        });
+        for (w, &n) in ch.per_worker.iter().enumerate().take(workers) {
+            if n > 0 {
+                wakes[w] = self.hub.enqueue(w, Command::Publish(p.clone())).1;
+            }
+        }
+        if keep {
+            self.settle_ring(false, ch.ring.is_empty());
+            self.live.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(p.cost(), Ordering::Relaxed);
+            // Into the age list under the channel's lock, so a channel's
+            // entries stand there in ring order (lock order: shard, then
+            // age list; `evict` never holds both).
+            let live = self.live.load(Ordering::Relaxed);
+            self.ages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(now, Arc::downgrade(&p), live);
+            ch.ring
+                .push(now, p, self.history.size, |old| self.forget(old));
+        }
+        (published, keep)
+    }
+
+    /// Wake the workers `publish_in` marked.
+    fn wake(&self, wakes: &[bool; MAX_WORKERS]) {
+        let workers = self.hub.workers().min(MAX_WORKERS);
+        self.hub.wake_all(&wakes[..workers]);
+    }
+
     fn join_now(&self, channel: &str, worker: usize, since: Option<Position>) -> Joined {
         let cutoff = self.cutoff(self.now_ms());
         let mut shard = self.shard(channel);

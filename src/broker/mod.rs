@@ -19,6 +19,7 @@
 pub mod format;
 pub mod history;
 pub mod local;
+pub mod presence;
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -422,6 +423,40 @@ pub trait Broker: Send + Sync + 'static {
     fn nodes(&self) -> Vec<NodeInfo> {
         Vec::new()
     }
+
+    /// A connection enters `channel`'s presence ([`presence`]): it is
+    /// counted as a subscriber and, with a member, as that user. A user's
+    /// first connection anywhere publishes `enter.events.added`; the
+    /// answer's snapshot is valid at its position, so the connection
+    /// subscribes with that position as `since`. Entering twice counts once.
+    fn presence_enter(
+        &self,
+        channel: &str,
+        enter: presence::Enter<'_>,
+        later: &mut dyn FnMut() -> Reply<presence::Entered>,
+    ) -> Answer<presence::Entered>;
+
+    /// Connection `conn` leaves `channel`'s presence (nothing if it had not
+    /// entered); a user's last connection anywhere publishes the `removed`
+    /// event the channel was entered with. Changes go to its observer.
+    fn presence_leave(&self, channel: &str, conn: ConnId);
+
+    /// `channel`'s presence (`events`: how the removal of a dead node's
+    /// members, found on the way, is announced).
+    fn presence(
+        &self,
+        channel: &str,
+        events: &presence::Events,
+        later: &mut dyn FnMut() -> Reply<presence::Presence>,
+    ) -> Answer<presence::Presence>;
+
+    /// Channels whose name starts with `prefix` that have presence
+    /// subscribers, sorted by name.
+    fn presence_channels(
+        &self,
+        prefix: &str,
+        later: &mut dyn FnMut() -> Reply<Vec<presence::Occupied>>,
+    ) -> Answer<Vec<presence::Occupied>>;
 }
 
 #[cfg(test)]

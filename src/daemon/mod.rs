@@ -166,6 +166,12 @@ pub struct Args {
     /// (the start fails if Redis cannot be reached in this time).
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "WSPUSH_REDIS_TIMEOUT")]
     pub redis_timeout: Duration,
+    /// With --redis: how long a node's share of a channel's presence
+    /// (Pusher occupancy and presence members) outlives the node. Each node
+    /// renews it every third of this; when a node dies without a word, its
+    /// members leave (member_removed) within this time.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "WSPUSH_PRESENCE_LEASE")]
+    pub presence_lease: Duration,
     /// Serve `wss://` and `https://` with this certificate chain (PEM, leaf
     /// first); needs --tls-key. SIGHUP re-reads both files.
     #[arg(long, env = "WSPUSH_TLS_CERT", requires = "tls_key")]
@@ -435,8 +441,10 @@ impl Args {
             }
         }
         self.pusher.validate()?;
-        if !self.pusher.apps.is_empty() && !self.redis.is_empty() {
-            return Err("--pusher-app with --redis: the Pusher protocol runs on one node for now (its presence channels are not shared across nodes yet); run Pusher apps on a node without --redis".into());
+        if !self.redis.is_empty() && self.presence_lease < Duration::from_secs(3) {
+            return Err(
+                "--presence-lease must be at least 3s (it is renewed every third of it)".into(),
+            );
         }
         if self.api_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err("--api-listen must differ from --listen".into());
@@ -483,6 +491,7 @@ impl Args {
                     urls,
                     cluster,
                     timeout: self.redis_timeout,
+                    presence_lease: self.presence_lease,
                 }
             }),
             ..Config::default()

@@ -21,9 +21,7 @@ use std::sync::atomic::Ordering;
 use super::channel::valid_name;
 use super::envelope::{self, json_str};
 use super::{auth, json_error, metrics, parse_conn_id, user_topic, PushService};
-use crate::broker::{
-    Answer, Epoch, HistoryPage, Position, PublishOptions, Published, Relay, Reply, Unavailable,
-};
+use crate::broker::{Epoch, HistoryPage, Position, PublishOptions, Published, Relay, Unavailable};
 use crate::protocol::http::percent_decode;
 use crate::protocol::{close, Request};
 use crate::server::{ConnId, ConnInfo, Response};
@@ -194,28 +192,6 @@ fn count(svc: &PushService) {
     svc.shared().publications.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The answer to an API call the broker may answer later: `render` makes
-/// the response now, or (deferred) when the broker's reply comes.
-fn answer<T: 'static>(
-    svc: &PushService,
-    conn: ConnId,
-    call: impl FnOnce(&mut dyn FnMut() -> Reply<T>) -> Answer<T>,
-    render: impl Fn(Result<T, Unavailable>) -> Response + Send + Clone + 'static,
-) -> Response {
-    let handle = svc.own_handle().clone();
-    let later = render.clone();
-    let mut reply = || -> Reply<T> {
-        let (handle, render) = (handle.clone(), later.clone());
-        Box::new(move |r| {
-            handle.respond(conn, render(r));
-        })
-    };
-    match call(&mut reply) {
-        Answer::Now(r) => render(r),
-        Answer::Later => Response::deferred(),
-    }
-}
-
 /// What a publication reached: its subscribers on a single node, the
 /// nodes that hear the channel in a cluster (each node counts its own).
 fn reached(cluster: bool, n: u64) -> String {
@@ -272,8 +248,7 @@ fn published(
 ) -> Response {
     let shared = svc.shared().clone();
     let cluster = svc.handle().broker().node() != 0;
-    answer(
-        svc,
+    svc.own_handle().answer(
         conn,
         |later| {
             svc.handle()
@@ -297,8 +272,7 @@ fn relayed(
     msg: Relay,
     render: impl Fn(u64) -> Response + Send + Clone + 'static,
 ) -> Response {
-    answer(
-        svc,
+    svc.own_handle().answer(
         conn,
         |later| svc.handle().broker().relay(msg, later),
         move |r| match r {
@@ -471,8 +445,7 @@ fn history(svc: &PushService, req: &Request<'_>, conn: ConnId, raw: &str) -> Res
         epoch: epoch.unwrap_or(Epoch(0)),
     });
     let name = channel.clone();
-    answer(
-        svc,
+    svc.own_handle().answer(
         conn,
         |later| svc.handle().broker().history(&channel, since, limit, later),
         move |r| match r {

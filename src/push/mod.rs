@@ -625,9 +625,14 @@ impl Handler for PushService {
         })
     }
 
-    fn on_http(&mut self, req: &Request<'_>, info: &ConnInfo<'_>, _: &mut Context<'_>) -> Response {
+    fn on_http(
+        &mut self,
+        req: &Request<'_>,
+        info: &ConnInfo<'_>,
+        ctx: &mut Context<'_>,
+    ) -> Response {
         if let Some(p) = self.shared.cfg.pusher.as_ref() {
-            if let Some(resp) = p.on_http(&self.handle, req) {
+            if let Some(resp) = p.on_http(&self.handle, ctx.id(), req) {
                 return resp;
             }
         }
@@ -795,6 +800,9 @@ impl Handler for PushService {
         answer: Result<Joined, Unavailable>,
         ctx: &mut Context<'_>,
     ) {
+        if let Some((p, c)) = self.pusher(s) {
+            return p.on_joined(c, topic, answer, ctx);
+        }
         let Some(extra) = s.extra.as_mut() else {
             return;
         };
@@ -826,6 +834,17 @@ impl Handler for PushService {
                 Some(false),
                 None,
             ));
+        }
+    }
+
+    fn on_notify(
+        &mut self,
+        s: &mut Session,
+        value: Box<dyn std::any::Any + Send>,
+        ctx: &mut Context<'_>,
+    ) {
+        if let Some((p, c)) = self.pusher(s) {
+            p.on_notify(c, value, ctx);
         }
     }
 

@@ -10,14 +10,17 @@
 //! | `GET /apps/{id}/channels/{name}/users` | `{"users":[{"id"}]}` |
 //! | `POST /apps/{id}/users/{uid}/terminate_connections`, `POST /users/{uid}/terminate_connections` | `{}` |
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::app::App;
 use super::metrics::inc;
+use super::presence::TERMINATE;
 use super::protocol::{self, ChannelKind};
-use super::{publish, sign, topic, user_key, Pusher};
+use super::{keep, publish, sign, signin_topic, topic, Pusher};
+use crate::broker::presence::Presence;
+use crate::broker::{Answer, PublishOptions, Unavailable};
 use crate::protocol::http::percent_decode;
 use crate::protocol::Request;
 use crate::push::envelope::json_str;
@@ -76,15 +79,15 @@ fn err(status: u16, message: &str) -> Response {
 }
 
 /// Answer `req` if it is a Pusher API request.
-pub fn serve(p: &Pusher, handle: &Handle, req: &Request<'_>) -> Option<Response> {
-    let resp = answer(p, handle, req)?;
+pub fn serve(p: &Pusher, handle: &Handle, conn: ConnId, req: &Request<'_>) -> Option<Response> {
+    let resp = answer(p, handle, conn, req)?;
     if resp.status >= 400 {
         inc(&p.counters.api_refusals_total);
     }
     Some(resp)
 }
 
-fn answer(p: &Pusher, handle: &Handle, req: &Request<'_>) -> Option<Response> {
+fn answer(p: &Pusher, handle: &Handle, conn: ConnId, req: &Request<'_>) -> Option<Response> {
     let (path_app, route) = route(req.path)?;
     if let Some(id) = path_app {
         if p.cfg.apps.by_id(id).is_none() {
@@ -118,35 +121,131 @@ fn answer(p: &Pusher, handle: &Handle, req: &Request<'_>) -> Option<Response> {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .and_then(|(_, v)| percent_decode(v))
     };
+    let call = Call {
+        p,
+        handle,
+        conn,
+        app: &app,
+    };
     Some(match route {
         Route::Events => match body_json(req.body) {
-            Ok(v) => match trigger(p, handle, &app, &v) {
-                Ok(Some(info)) => Response::json(200, format!("{{\"channels\":{info}}}")),
-                Ok(None) => Response::json(200, "{}"),
+            Ok(v) => match trigger(&call, &v) {
+                Ok(asked) => call.gather(asked, |infos| {
+                    if infos.is_empty() {
+                        return Response::json(200, "{}");
+                    }
+                    let list: Vec<String> = infos
+                        .iter()
+                        .map(|(ch, attrs)| format!("{}:{attrs}", json_str(ch)))
+                        .collect();
+                    Response::json(200, format!("{{\"channels\":{{{}}}}}", list.join(",")))
+                }),
                 Err((s, m)) => err(s, &m),
             },
             Err(e) => e,
         },
         Route::Batch => match body_json(req.body) {
-            Ok(v) => batch(p, handle, &app, &v),
+            Ok(v) => batch(&call, &v),
             Err(e) => e,
         },
         Route::Channels => channels(
-            p,
-            &app,
+            &call,
             query("filter_by_prefix").as_deref().unwrap_or(""),
             query("info").as_deref().unwrap_or(""),
         ),
-        Route::Channel(name) => channel(
-            p,
-            handle,
-            &app,
-            &name,
-            query("info").as_deref().unwrap_or(""),
-        ),
-        Route::Users(name) => users(p, &app, &name),
-        Route::Terminate(uid) => terminate(p, handle, &app, uid),
+        Route::Channel(name) => channel(&call, &name, query("info").as_deref().unwrap_or("")),
+        Route::Users(name) => users(&call, &name),
+        Route::Terminate(uid) => terminate(&call, uid),
     })
+}
+
+/// One API request: the service, the server, the connection it came on
+/// (for an answer the broker gives later) and its app.
+struct Call<'a> {
+    p: &'a Pusher,
+    handle: &'a Handle,
+    conn: ConnId,
+    app: &'a Arc<App>,
+}
+
+/// A channel whose attributes an answer lists: `(channel, info asked)`.
+type Asked = Vec<(String, String)>;
+
+impl Call<'_> {
+    /// Read the presence of each asked channel (the broker may answer
+    /// later), then `finish` with `(channel, attributes JSON)` in order.
+    /// 503 if any read fails.
+    fn gather(
+        &self,
+        asked: Asked,
+        finish: impl FnOnce(Vec<(String, String)>) -> Response + Send + 'static,
+    ) -> Response {
+        type Finish = Box<dyn FnOnce(Vec<(String, String)>) -> Response + Send>;
+        struct State {
+            results: Vec<Option<Result<String, Unavailable>>>,
+            left: usize,
+            finish: Option<Finish>,
+        }
+        if asked.is_empty() {
+            return finish(Vec::new());
+        }
+        let state = Arc::new(std::sync::Mutex::new(State {
+            results: asked.iter().map(|_| None).collect(),
+            left: asked.len(),
+            finish: Some(Box::new(finish)),
+        }));
+        let names: Arc<Vec<String>> = Arc::new(asked.iter().map(|(c, _)| c.clone()).collect());
+        // Whoever fills the last result makes the response.
+        let fill = {
+            let (state, names) = (state.clone(), names.clone());
+            move |i: usize, r: Result<String, Unavailable>| -> Option<Response> {
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.results[i] = Some(r);
+                s.left -= 1;
+                if s.left > 0 {
+                    return None;
+                }
+                let finish = s.finish.take()?;
+                let mut out = Vec::new();
+                for (n, r) in names.iter().zip(s.results.drain(..)) {
+                    match r {
+                        Some(Ok(a)) => out.push((n.clone(), a)),
+                        Some(Err(e)) => return Some(unavailable(&e)),
+                        None => return Some(unavailable(&Unavailable(Arc::from("no answer")))),
+                    }
+                }
+                Some(finish(out))
+            }
+        };
+        let mut now = None;
+        for (i, (ch, info)) in asked.into_iter().enumerate() {
+            let t = topic(self.app, &ch);
+            let attrs = {
+                let (ch, info) = (ch.clone(), info.clone());
+                move |pr: Presence| attributes(&ch, &info, &pr)
+            };
+            let mut later = || -> crate::broker::Reply<Presence> {
+                let (fill, attrs, handle, conn) =
+                    (fill.clone(), attrs.clone(), self.handle.clone(), self.conn);
+                Box::new(move |r| {
+                    if let Some(resp) = fill(i, r.map(attrs)) {
+                        handle.respond(conn, resp);
+                    }
+                })
+            };
+            let events = self.p.events(self.app);
+            if let Answer::Now(r) = self.handle.broker().presence(&t, events, &mut later) {
+                if let Some(resp) = fill(i, r.map(attrs.clone())) {
+                    now = Some(resp);
+                }
+            }
+        }
+        now.unwrap_or_else(Response::deferred)
+    }
+}
+
+fn unavailable(e: &Unavailable) -> Response {
+    err(503, &format!("presence unavailable: {}", e.0))
 }
 
 fn body_json(body: &[u8]) -> Result<Value, Response> {
@@ -160,7 +259,8 @@ type Refused = (u16, String);
 
 /// One event: validate everything, then publish on each channel. With
 /// `info`, the channels' attributes (JSON object text).
-fn trigger(p: &Pusher, handle: &Handle, app: &App, ev: &Value) -> Result<Option<String>, Refused> {
+fn trigger(call: &Call<'_>, ev: &Value) -> Result<Asked, Refused> {
+    let (p, handle, app) = (call.p, call.handle, call.app);
     let name = ev
         .get("name")
         .and_then(Value::as_str)
@@ -217,33 +317,28 @@ fn trigger(p: &Pusher, handle: &Handle, app: &App, ev: &Value) -> Result<Option<
     };
     let info = ev.get("info").and_then(Value::as_str).unwrap_or("");
     let data_json = json_str(&data);
-    let mut infos = Vec::new();
+    let mut asked = Vec::new();
     for ch in &channels {
         let frame = protocol::event(name, Some(ch), &data_json, None);
-        let t = topic(app, ch);
-        publish(handle, &t, &frame, exclude, protocol::is_cache(ch));
+        publish(handle, &topic(app, ch), &frame, exclude, keep(ch));
         inc(&p.counters.api_events_total);
         if !info.is_empty() {
-            infos.push(format!(
-                "{}:{}",
-                json_str(ch),
-                attributes(p, handle, &t, ch, info)
-            ));
+            asked.push((ch.clone(), info.to_string()));
         }
     }
-    Ok((!info.is_empty()).then(|| format!("{{{}}}", infos.join(","))))
+    Ok(asked)
 }
 
 /// `{"subscription_count":N,"user_count":M}` as asked for by `info`.
-fn attributes(p: &Pusher, handle: &Handle, topic: &str, channel: &str, info: &str) -> String {
-    let (subs, members) = p.membership.counts(topic);
-    let _ = handle;
+fn attributes(channel: &str, info: &str, pr: &Presence) -> String {
     let mut parts = Vec::new();
     for a in info.split(',') {
         match a.trim() {
-            "subscription_count" => parts.push(format!("\"subscription_count\":{subs}")),
+            "subscription_count" => {
+                parts.push(format!("\"subscription_count\":{}", pr.subscribers))
+            }
             "user_count" if ChannelKind::of(channel) == ChannelKind::Presence => {
-                parts.push(format!("\"user_count\":{members}"))
+                parts.push(format!("\"user_count\":{}", pr.members.len()))
             }
             _ => {}
         }
@@ -251,7 +346,8 @@ fn attributes(p: &Pusher, handle: &Handle, topic: &str, channel: &str, info: &st
     format!("{{{}}}", parts.join(","))
 }
 
-fn batch(p: &Pusher, handle: &Handle, app: &App, v: &Value) -> Response {
+fn batch(call: &Call<'_>, v: &Value) -> Response {
+    let p = call.p;
     let Some(list) = v.get("batch").and_then(Value::as_array) else {
         return err(400, "batch (an array of events) is required");
     };
@@ -275,54 +371,64 @@ fn batch(p: &Pusher, handle: &Handle, app: &App, v: &Value) -> Response {
             );
         }
     }
-    let mut infos = Vec::new();
-    let mut any_info = false;
+    // Which event (by index) each asked channel belongs to.
+    let mut owners = Vec::new();
+    let mut asked = Vec::new();
     for (i, ev) in list.iter().enumerate() {
-        match trigger(p, handle, app, ev) {
-            Ok(Some(info)) => {
-                any_info = true;
-                // The object of the one channel: `{"ch":{...}}` → `{...}`.
-                let inner = serde_json::from_str::<Value>(&info)
-                    .ok()
-                    .and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()))
-                    .unwrap_or(Value::Object(Default::default()));
-                infos.push(inner.to_string());
+        match trigger(call, ev) {
+            Ok(a) => {
+                owners.extend(a.iter().map(|_| i));
+                asked.extend(a);
             }
-            Ok(None) => infos.push("{}".into()),
             Err((s, m)) => return err(s, &format!("batch[{i}]: {m}")),
         }
     }
-    if any_info {
-        Response::json(200, format!("{{\"batch\":[{}]}}", infos.join(",")))
-    } else {
-        Response::json(200, "{}")
-    }
+    let n = list.len();
+    call.gather(asked, move |infos| {
+        if infos.is_empty() {
+            return Response::json(200, "{}");
+        }
+        let mut out = vec!["{}".to_string(); n];
+        for (i, (_, attrs)) in owners.into_iter().zip(infos) {
+            out[i] = attrs;
+        }
+        Response::json(200, format!("{{\"batch\":[{}]}}", out.join(",")))
+    })
 }
 
-fn channels(p: &Pusher, app: &App, prefix: &str, info: &str) -> Response {
+fn channels(call: &Call<'_>, prefix: &str, info: &str) -> Response {
     let want_users = info.split(',').any(|a| a.trim() == "user_count");
     if want_users && !prefix.starts_with("presence-") {
         return err(400, "info=user_count needs filter_by_prefix=presence-");
     }
-    let base = topic(app, "");
-    let mut out = BTreeMap::new();
-    for (t, _, members) in p.membership.channels(&format!("{base}{prefix}")) {
-        let name = t[base.len()..].to_string();
-        let attrs = if want_users {
-            format!("{{\"user_count\":{members}}}")
-        } else {
-            "{}".into()
-        };
-        out.insert(name, attrs);
-    }
-    let list: Vec<String> = out
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", json_str(k)))
-        .collect();
-    Response::json(200, format!("{{\"channels\":{{{}}}}}", list.join(",")))
+    let base = topic(call.app, "");
+    let full = format!("{base}{prefix}");
+    call.handle.answer(
+        call.conn,
+        |later| call.handle.broker().presence_channels(&full, later),
+        move |r| {
+            let list = match r {
+                Ok(l) => l,
+                Err(e) => return unavailable(&e),
+            };
+            let out: Vec<String> = list
+                .iter()
+                .filter(|o| o.subscribers > 0)
+                .map(|o| {
+                    let name = json_str(&o.channel[base.len()..]);
+                    if want_users {
+                        format!("{name}:{{\"user_count\":{}}}", o.users)
+                    } else {
+                        format!("{name}:{{}}")
+                    }
+                })
+                .collect();
+            Response::json(200, format!("{{\"channels\":{{{}}}}}", out.join(",")))
+        },
+    )
 }
 
-fn channel(p: &Pusher, handle: &Handle, app: &App, name: &str, info: &str) -> Response {
+fn channel(call: &Call<'_>, name: &str, info: &str) -> Response {
     if !protocol::valid_channel(name) {
         return err(400, &format!("invalid channel name {name:?}"));
     }
@@ -330,45 +436,82 @@ fn channel(p: &Pusher, handle: &Handle, app: &App, name: &str, info: &str) -> Re
     if !presence && info.split(',').any(|a| a.trim() == "user_count") {
         return err(400, "user_count is only available on presence channels");
     }
-    let t = topic(app, name);
-    let (subs, _) = p.membership.counts(&t);
-    let attrs = attributes(p, handle, &t, name, info);
-    let attrs = attrs.trim_start_matches('{').trim_end_matches('}');
-    let sep = if attrs.is_empty() { "" } else { "," };
-    Response::json(200, format!("{{\"occupied\":{}{sep}{attrs}}}", subs > 0))
+    let (name, info) = (name.to_string(), info.to_string());
+    let t = topic(call.app, &name);
+    call.handle.answer(
+        call.conn,
+        |later| {
+            call.handle
+                .broker()
+                .presence(&t, call.p.events(call.app), later)
+        },
+        move |r| match r {
+            Ok(pr) => {
+                let attrs = attributes(&name, &info, &pr);
+                let attrs = attrs.trim_start_matches('{').trim_end_matches('}');
+                let sep = if attrs.is_empty() { "" } else { "," };
+                Response::json(
+                    200,
+                    format!("{{\"occupied\":{}{sep}{attrs}}}", pr.subscribers > 0),
+                )
+            }
+            Err(e) => unavailable(&e),
+        },
+    )
 }
 
-fn users(p: &Pusher, app: &App, name: &str) -> Response {
+fn users(call: &Call<'_>, name: &str) -> Response {
     if !protocol::valid_channel(name) {
         return err(400, &format!("invalid channel name {name:?}"));
     }
     if ChannelKind::of(name) != ChannelKind::Presence {
         return err(400, "users are only listed for presence channels");
     }
-    let ids = p.membership.user_ids(&topic(app, name));
-    let list: Vec<String> = ids
-        .iter()
-        .map(|i| format!("{{\"id\":{}}}", json_str(i)))
-        .collect();
-    Response::json(200, format!("{{\"users\":[{}]}}", list.join(",")))
+    let t = topic(call.app, name);
+    call.handle.answer(
+        call.conn,
+        |later| {
+            call.handle
+                .broker()
+                .presence(&t, call.p.events(call.app), later)
+        },
+        |r| match r {
+            Ok(pr) => {
+                let list: Vec<String> = pr
+                    .members
+                    .iter()
+                    .map(|m| format!("{{\"id\":{}}}", json_str(&m.user)))
+                    .collect();
+                Response::json(200, format!("{{\"users\":[{}]}}", list.join(",")))
+            }
+            Err(e) => unavailable(&e),
+        },
+    )
 }
 
-fn terminate(p: &Pusher, handle: &Handle, app: &App, uid: &str) -> Response {
+/// Close every connection signed in as the user, on every node: a
+/// `TERMINATE` publication on the user's sign-in topic.
+fn terminate(call: &Call<'_>, uid: &str) -> Response {
     let Some(uid) = percent_decode(uid).filter(|u| !u.is_empty() && u.len() <= 256) else {
         return err(400, "invalid user id");
     };
-    let conns = p.membership.user_conns(&user_key(app, &uid));
-    for id in &conns {
-        handle.close(
-            *id,
-            protocol::UNAUTHORIZED,
-            "connection terminated by the server",
-        );
-    }
-    log::info!(
-        "pusher: app {}: terminated {} connections of user {uid:?}",
-        app.id,
-        conns.len()
-    );
-    Response::json(200, "{}")
+    let t = signin_topic(call.app, &uid);
+    let (app_id, user) = (call.app.id.clone(), uid.clone());
+    call.handle.answer(
+        call.conn,
+        |later| {
+            call.handle
+                .publish_with(&t, PublishOptions::unkept(TERMINATE), b"", later)
+        },
+        move |r| match r {
+            Ok(p) => {
+                log::info!(
+                    "pusher: app {app_id}: terminating the connections of user {user:?} ({} here)",
+                    p.recipients
+                );
+                Response::json(200, "{}")
+            }
+            Err(e) => unavailable(&e),
+        },
+    )
 }

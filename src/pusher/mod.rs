@@ -24,13 +24,15 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::broker::{Answer, Format, Position, PublishOptions, Published};
+use std::collections::HashMap;
+
+use crate::broker::presence::{Enter, Entered, Events};
+use crate::broker::{Answer, Format, Joined, Position, PublishOptions, Published, Unavailable};
 use crate::protocol::{Message, Request};
 use crate::push::envelope::json_str;
 use crate::server::{ConnId, Context, Handle, Response};
 
 use app::{App, Apps};
-use presence::{MemberRef, Membership};
 use protocol::ChannelKind;
 use webhook::Webhooks;
 
@@ -75,8 +77,8 @@ impl Default for PusherConfig {
 pub struct Pusher {
     /// The settings.
     pub cfg: PusherConfig,
-    /// Channels, members and signed-in users of this node.
-    pub membership: Membership,
+    /// How each app's presence changes are published and reported (by app id).
+    events: HashMap<String, Events>,
     /// The webhook sender, with `--pusher-webhook`.
     pub webhooks: Option<Arc<Webhooks>>,
     /// Counters for `/metrics`.
@@ -88,9 +90,39 @@ pub fn topic(app: &App, channel: &str) -> String {
     format!("pusher/{}/{channel}", app.id)
 }
 
-/// The key the signed-in user registry uses.
-fn user_key(app: &App, user: &str) -> String {
-    format!("{}/{user}", app.id)
+/// The internal topic every connection signed in as `user` subscribes to
+/// (a `TERMINATE` publication on it closes them, on every node). `/` is
+/// not allowed in channel names, so no client can subscribe to it.
+fn signin_topic(app: &App, user: &str) -> String {
+    format!("pusher/{}/#signin/{user}", app.id)
+}
+
+/// A channel of a connection.
+#[derive(Debug)]
+struct Sub {
+    channel: Box<str>,
+    /// The presence member's user id.
+    user: Option<Box<str>>,
+    state: SubState,
+}
+
+#[derive(Debug)]
+enum SubState {
+    /// Waiting for the broker's presence answer (presence and cache
+    /// channels start where it says).
+    Entering,
+    /// Waiting for the subscription: then `subscription_succeeded` (with
+    /// the presence snapshot) and the replay.
+    Joining { snapshot: Option<Box<str>> },
+    /// Subscribed.
+    Ready,
+}
+
+/// The broker's later presence answer for a subscription, back on the
+/// connection's worker ([`Handle::notify`]).
+struct EnteredNote {
+    channel: Box<str>,
+    answer: Result<Entered, Unavailable>,
 }
 
 /// Per-connection state of a Pusher socket.
@@ -99,8 +131,8 @@ pub struct Conn {
     /// The app (None: refused at open with `refused`).
     app: Option<Arc<App>>,
     refused: Option<(u16, String)>,
-    /// Subscribed channels, with the presence user id where there is one.
-    channels: Vec<(Box<str>, Option<Box<str>>)>,
+    /// Channels, subscribed or on their way.
+    channels: Vec<Sub>,
     /// The signed-in user.
     user: Option<Box<str>>,
     last_activity: Instant,
@@ -131,13 +163,28 @@ pub fn publish(
 impl Pusher {
     /// The service for these settings (starts the webhook thread).
     pub fn new(cfg: PusherConfig) -> Arc<Pusher> {
+        presence::register_formats();
         let webhooks = cfg.webhook.clone().map(Webhooks::start);
+        let events = cfg
+            .apps
+            .all()
+            .iter()
+            .map(|a| (a.id.clone(), presence::events(a, webhooks.as_ref())))
+            .collect();
         Arc::new(Pusher {
             cfg,
-            membership: Membership::default(),
+            events,
             webhooks,
             counters: metrics::Counters::default(),
         })
+    }
+
+    /// How `app`'s presence changes are published and reported.
+    pub fn events(&self, app: &App) -> &Events {
+        match self.events.get(&app.id) {
+            Some(e) => e,
+            None => unreachable!("every app has its events"),
+        }
     }
 
     fn hook(&self, app: &Arc<App>, json: impl FnOnce() -> String) {
@@ -287,38 +334,39 @@ impl Pusher {
         let Some(channel) = protocol::str_field(&fields, "channel") else {
             return refuse(ctx, None, "pusher:subscribe needs data.channel");
         };
-        let fail = |ctx: &mut Context<'_>, kind: &str, error: &str, status: u16| {
-            metrics::inc(&self.counters.subscription_errors_total);
-            log::debug!(
-                "pusher: conn {}: subscription to {channel:?} refused: {error}",
-                ctx.id()
-            );
-            ctx.send_text(&protocol::subscription_error(&channel, kind, error, status));
-        };
         if !protocol::valid_channel(&channel) {
-            return fail(
+            return self.fail(
                 ctx,
+                &channel,
                 "InvalidChannel",
                 "channel names are ^#?[-a-zA-Z0-9_=@,.;]+$, at most 164 characters",
                 400,
             );
         }
-        let topic = topic(app, &channel);
-        if c.channels.iter().any(|(ch, _)| **ch == *channel) {
-            // pusher-js may resubscribe: answer as the first time.
-            let data = match ChannelKind::of(&channel) {
-                ChannelKind::Presence => self.membership.snapshot(&topic),
-                _ => "{}".into(),
-            };
-            ctx.send_text(&protocol::subscription_succeeded(&channel, &data));
-            return;
-        }
-        if c.channels.len() >= self.cfg.max_channels_per_conn {
-            return fail(ctx, "LimitReached", "subscription limit reached", 400);
+        let kind = ChannelKind::of(&channel);
+        if let Some(sub) = c.channels.iter().find(|s| *s.channel == *channel) {
+            // pusher-js may resubscribe: a public or private channel is
+            // answered as the first time; a presence one (whose snapshot
+            // comes from the broker) goes on below, entering again (which
+            // counts once) for a fresh snapshot.
+            if !matches!(sub.state, SubState::Ready) {
+                return;
+            }
+            if kind != ChannelKind::Presence {
+                ctx.send_text(&protocol::subscription_succeeded(&channel, "{}"));
+                return;
+            }
+        } else if c.channels.len() >= self.cfg.max_channels_per_conn {
+            return self.fail(
+                ctx,
+                &channel,
+                "LimitReached",
+                "subscription limit reached",
+                400,
+            );
         }
         let sid = protocol::socket_id(ctx.id().as_u64());
         let auth = protocol::str_field(&fields, "auth").unwrap_or_default();
-        let kind = ChannelKind::of(&channel);
         let mut member: Option<(String, String)> = None;
         match kind {
             ChannelKind::Public => {}
@@ -328,8 +376,9 @@ impl Pusher {
                     .as_deref()
                     .is_some_and(|u| channel == format!("#server-to-user-{u}"));
                 if !mine {
-                    return fail(
+                    return self.fail(
                         ctx,
+                        &channel,
                         "AuthError",
                         "#server-to-user channels are for the signed-in user only",
                         403,
@@ -338,143 +387,289 @@ impl Pusher {
             }
             ChannelKind::Private | ChannelKind::Encrypted => {
                 if let Err(e) = sign::channel_auth(app, &sid, &channel, None, &auth) {
-                    return fail(ctx, "AuthError", e, 401);
+                    return self.fail(ctx, &channel, "AuthError", e, 401);
                 }
             }
             ChannelKind::Presence => {
                 let Some(data) = protocol::str_field(&fields, "channel_data") else {
-                    return fail(ctx, "AuthError", "presence channels need channel_data", 401);
+                    return self.fail(
+                        ctx,
+                        &channel,
+                        "AuthError",
+                        "presence channels need channel_data",
+                        401,
+                    );
                 };
                 if let Err(e) = sign::channel_auth(app, &sid, &channel, Some(&data), &auth) {
-                    return fail(ctx, "AuthError", e, 401);
+                    return self.fail(ctx, &channel, "AuthError", e, 401);
                 }
                 match presence_member(&data) {
                     Ok(m) => member = Some(m),
-                    Err(e) => return fail(ctx, "InvalidChannelData", e, 400),
+                    Err(e) => return self.fail(ctx, &channel, "InvalidChannelData", e, 400),
                 }
             }
         }
-        // Cache channels: start right before the last publication, so the
-        // broker's history hands it over with no gap or repeat.
-        let cache = protocol::is_cache(&channel);
-        let since = if cache {
-            let (_, pos) = ctx.handle().broker().channel(&topic);
-            (pos.seq > 0).then(|| Position {
-                seq: pos.seq - 1,
-                epoch: pos.epoch,
+        let topic = topic(app, &channel);
+        // Presence and cache channels start where the broker's presence
+        // answer says (the snapshot's position; right before the last
+        // event); the others subscribe at once and are counted on the side.
+        let wait = kind == ChannelKind::Presence || protocol::is_cache(&channel);
+        match c.channels.iter_mut().find(|s| *s.channel == *channel) {
+            Some(sub) => sub.state = SubState::Entering,
+            None => {
+                // Most sockets hold one or two channels: grow one at a time.
+                c.channels.reserve_exact(1);
+                c.channels.push(Sub {
+                    channel: channel.as_str().into(),
+                    user: member.as_ref().map(|(u, _)| u.as_str().into()),
+                    state: if wait {
+                        SubState::Entering
+                    } else {
+                        SubState::Joining { snapshot: None }
+                    },
+                });
+            }
+        }
+        let conn = ctx.id();
+        let enter = Enter {
+            conn,
+            member: member.as_ref().map(|(u, i)| (u.as_str(), i.as_str())),
+            limit: self.cfg.max_presence_members,
+            events: self.events(app),
+        };
+        let handle = ctx.handle().clone();
+        let note_channel: Box<str> = channel.as_str().into();
+        let mut later = || -> crate::broker::Reply<Entered> {
+            let (handle, channel) = (handle.clone(), note_channel.clone());
+            if !wait {
+                return Box::new(move |r| {
+                    if let Err(e) = r {
+                        log::warn!("pusher: conn {conn}: {channel} not counted in presence: {e}");
+                    }
+                });
+            }
+            Box::new(move |answer| {
+                handle.notify(conn, Box::new(EnteredNote { channel, answer }));
             })
+        };
+        let answer = ctx
+            .handle()
+            .broker()
+            .presence_enter(&topic, enter, &mut later);
+        if wait {
+            if let Answer::Now(answer) = answer {
+                self.entered(c, app, &channel, answer, ctx);
+            }
         } else {
-            None
-        };
-        let mref = member.as_ref().map(|(u, i)| MemberRef {
-            user_id: u,
-            info: i,
-        });
-        let max = self.cfg.max_presence_members;
-        let sub = self.membership.join(&topic, mref, max, |j, snapshot| {
-            let joined = ctx.subscribe_since(&topic, since);
-            if j.member_added {
-                if let Some((u, i)) = &member {
-                    let data = format!("{{\"user_id\":{},\"user_info\":{i}}}", json_str(u));
-                    let frame = protocol::event(
-                        "pusher_internal:member_added",
-                        Some(&channel),
-                        &json_str(&data),
-                        None,
-                    );
-                    publish(ctx.handle(), &topic, &frame, Some(ctx.id()), false);
-                }
+            if let Answer::Now(Err(e)) = answer {
+                log::warn!("pusher: conn {conn}: {channel} not counted in presence: {e}");
             }
-            (j, snapshot, joined)
-        });
-        let Some((j, snapshot, joined)) = sub else {
-            let why = format!("presence channel full ({max} members)");
-            return fail(ctx, "LimitReached", &why, 403);
-        };
-        metrics::inc(&self.counters.subscriptions_total);
-        // Most sockets hold one or two channels: grow one at a time.
-        c.channels.reserve_exact(1);
-        c.channels.push((
-            channel.as_str().into(),
-            member.as_ref().map(|(u, _)| u.as_str().into()),
-        ));
-        ctx.send_text(&protocol::subscription_succeeded(
-            &channel,
-            snapshot.as_deref().unwrap_or("{}"),
-        ));
-        if cache {
-            // The Pusher protocol runs on the in-process broker, which
-            // answers at once.
-            let replay = match joined {
-                Some(Answer::Now(Ok(j))) => j.replay,
-                _ => Vec::new(),
-            };
-            if replay.is_empty() {
-                ctx.send_text(&protocol::cache_miss(&channel));
-            }
-            for p in &replay {
-                ctx.send_publication(p);
-            }
+            self.join(c, app, &channel, None, ctx);
         }
-        if j.occupied {
-            self.hook(app, || {
-                format!(
-                    "{{\"name\":\"channel_occupied\",\"channel\":{}}}",
-                    json_str(&channel)
-                )
-            });
-        }
-        if j.member_added {
-            if let Some((u, _)) = &member {
-                self.hook(app, || member_hook("member_added", &channel, u));
+    }
+
+    /// A subscription is refused: say so to the client, count and log it.
+    fn fail(&self, ctx: &mut Context<'_>, channel: &str, kind: &str, error: &str, status: u16) {
+        metrics::inc(&self.counters.subscription_errors_total);
+        log::debug!(
+            "pusher: conn {}: subscription to {channel:?} refused: {error}",
+            ctx.id()
+        );
+        ctx.send_text(&protocol::subscription_error(channel, kind, error, status));
+    }
+
+    /// The broker's presence answer for a presence or cache subscription.
+    fn entered(
+        &self,
+        c: &mut Conn,
+        app: &Arc<App>,
+        channel: &str,
+        answer: Result<Entered, Unavailable>,
+        ctx: &mut Context<'_>,
+    ) {
+        let Some(i) = c
+            .channels
+            .iter()
+            .position(|s| *s.channel == *channel && matches!(s.state, SubState::Entering))
+        else {
+            // Unsubscribed meanwhile (and left the presence it entered).
+            return;
+        };
+        let presence = ChannelKind::of(channel) == ChannelKind::Presence;
+        match answer {
+            Ok(Entered::In { position, members }) => {
+                let since = if !presence && position.seq > 0 {
+                    // A cache channel: its last event is replayed.
+                    Position {
+                        seq: position.seq - 1,
+                        epoch: position.epoch,
+                    }
+                } else {
+                    position
+                };
+                c.channels[i].state = SubState::Joining {
+                    snapshot: presence.then(|| presence::snapshot(&members).into()),
+                };
+                self.join(c, app, channel, Some(since), ctx);
+            }
+            Ok(Entered::Full) => {
+                self.drop_sub(c, i);
+                let why = format!(
+                    "presence channel full ({} members)",
+                    self.cfg.max_presence_members
+                );
+                self.fail(ctx, channel, "LimitReached", &why, 403);
+            }
+            Err(e) => {
+                self.drop_sub(c, i);
+                self.fail(ctx, channel, "ServiceUnavailable", &e.0, 503);
             }
         }
     }
 
+    /// Forget a subscription that never took effect (its presence entry,
+    /// if any, was refused: nothing to leave).
+    fn drop_sub(&self, c: &mut Conn, i: usize) {
+        c.channels.swap_remove(i);
+    }
+
+    /// Subscribe the connection (after `since` for presence and cache
+    /// channels); the answer now or in [`Pusher::on_joined`].
+    fn join(
+        &self,
+        c: &mut Conn,
+        app: &Arc<App>,
+        channel: &str,
+        since: Option<Position>,
+        ctx: &mut Context<'_>,
+    ) {
+        let topic = topic(app, channel);
+        match ctx.subscribe_since(&topic, since) {
+            // Subscribed already (a presence channel entered again).
+            None => self.joined(
+                c,
+                app,
+                channel,
+                Ok(Joined {
+                    position: since.unwrap_or(Position {
+                        seq: 0,
+                        epoch: crate::broker::Epoch(0),
+                    }),
+                    recovered: None,
+                    replay: Vec::new(),
+                }),
+                ctx,
+            ),
+            Some(Answer::Now(answer)) => self.joined(c, app, channel, answer, ctx),
+            Some(Answer::Later) => {}
+        }
+    }
+
+    /// The subscription took effect (or failed): `subscription_succeeded`
+    /// with the snapshot, then what came after the presence answer (the
+    /// member events; a cache channel's last event, or `cache_miss`).
+    fn joined(
+        &self,
+        c: &mut Conn,
+        app: &Arc<App>,
+        channel: &str,
+        answer: Result<Joined, Unavailable>,
+        ctx: &mut Context<'_>,
+    ) {
+        let Some(i) = c
+            .channels
+            .iter()
+            .position(|s| *s.channel == *channel && matches!(s.state, SubState::Joining { .. }))
+        else {
+            return;
+        };
+        let j = match answer {
+            Ok(j) => j,
+            Err(e) => {
+                let sub = c.channels.swap_remove(i);
+                self.leave(app, &sub, ctx);
+                return self.fail(ctx, channel, "ServiceUnavailable", &e.0, 503);
+            }
+        };
+        let SubState::Joining { snapshot } =
+            std::mem::replace(&mut c.channels[i].state, SubState::Ready)
+        else {
+            return;
+        };
+        metrics::inc(&self.counters.subscriptions_total);
+        ctx.send_text(&protocol::subscription_succeeded(
+            channel,
+            snapshot.as_deref().unwrap_or("{}"),
+        ));
+        if j.recovered == Some(false) {
+            log::debug!(
+                "pusher: conn {}: {channel}: history no longer covers the start position",
+                ctx.id()
+            );
+        }
+        let cache =
+            protocol::is_cache(channel) && ChannelKind::of(channel) != ChannelKind::Presence;
+        if cache && j.replay.is_empty() {
+            ctx.send_text(&protocol::cache_miss(channel));
+        }
+        for p in &j.replay {
+            ctx.send_publication(p);
+        }
+    }
+
+    /// The broker's later answer to a subscription.
+    pub fn on_joined(
+        &self,
+        c: &mut Conn,
+        topic: &str,
+        answer: Result<Joined, Unavailable>,
+        ctx: &mut Context<'_>,
+    ) {
+        let Some(app) = c.app.clone() else { return };
+        let Some(channel) = topic.strip_prefix(&format!("pusher/{}/", app.id)) else {
+            return;
+        };
+        if channel.starts_with("#signin/") {
+            if let Err(e) = answer {
+                log::warn!("pusher: conn {}: sign-in topic refused: {e}", ctx.id());
+            }
+            return;
+        }
+        self.joined(c, &app, channel, answer, ctx);
+    }
+
+    /// A value from [`Handle::notify`]: a presence answer.
+    pub fn on_notify(
+        &self,
+        c: &mut Conn,
+        value: Box<dyn std::any::Any + Send>,
+        ctx: &mut Context<'_>,
+    ) {
+        let Some(app) = c.app.clone() else { return };
+        if let Ok(note) = value.downcast::<EnteredNote>() {
+            self.entered(c, &app, &note.channel, note.answer, ctx);
+        }
+    }
+
     fn unsubscribe(&self, c: &mut Conn, app: &Arc<App>, channel: &str, ctx: &mut Context<'_>) {
-        let Some(i) = c.channels.iter().position(|(ch, _)| **ch == *channel) else {
+        let Some(i) = c.channels.iter().position(|s| *s.channel == *channel) else {
             log::debug!(
                 "pusher: conn {}: unsubscribe from {channel:?}: not subscribed",
                 ctx.id()
             );
             return;
         };
-        let (ch, user) = c.channels.swap_remove(i);
-        self.leave(app, &ch, user.as_deref(), ctx);
+        let sub = c.channels.swap_remove(i);
+        self.leave(app, &sub, ctx);
     }
 
-    /// A connection leaves a channel (unsubscribe or close).
-    fn leave(&self, app: &Arc<App>, channel: &str, user: Option<&str>, ctx: &mut Context<'_>) {
-        let topic = topic(app, channel);
-        let left = self.membership.leave(&topic, user, |l| {
-            ctx.unsubscribe(&topic);
-            if l.member_removed {
-                if let Some(u) = user {
-                    let data = format!("{{\"user_id\":{}}}", json_str(u));
-                    let frame = protocol::event(
-                        "pusher_internal:member_removed",
-                        Some(channel),
-                        &json_str(&data),
-                        None,
-                    );
-                    publish(ctx.handle(), &topic, &frame, None, false);
-                }
-            }
-            l
-        });
-        if left.member_removed {
-            if let Some(u) = user {
-                self.hook(app, || member_hook("member_removed", channel, u));
-            }
-        }
-        if left.vacated {
-            self.hook(app, || {
-                format!(
-                    "{{\"name\":\"channel_vacated\",\"channel\":{}}}",
-                    json_str(channel)
-                )
-            });
-        }
+    /// A connection leaves a channel (unsubscribe or close), whatever state
+    /// its subscription is in: the broker's member and occupancy events
+    /// follow.
+    fn leave(&self, app: &Arc<App>, sub: &Sub, ctx: &mut Context<'_>) {
+        let topic = topic(app, &sub.channel);
+        ctx.unsubscribe(&topic);
+        ctx.handle().broker().presence_leave(&topic, ctx.id());
     }
 
     fn signin(
@@ -518,9 +713,11 @@ impl Pusher {
             );
         };
         if let Some(old) = c.user.take() {
-            self.membership.sign_out(&user_key(app, &old), ctx.id());
+            ctx.unsubscribe(&signin_topic(app, &old));
         }
-        self.membership.sign_in(&user_key(app, &id), ctx.id());
+        if let Some(Answer::Now(Err(e))) = ctx.subscribe_since(&signin_topic(app, &id), None) {
+            log::warn!("pusher: conn {}: sign-in topic refused: {e}", ctx.id());
+        }
         c.user = Some(id.into());
         ctx.send_text(&protocol::signin_success(&user_data));
     }
@@ -545,7 +742,12 @@ impl Pusher {
         let Some(channel) = m.channel.as_deref() else {
             return reject(ctx, "a client event needs a channel");
         };
-        let Some((_, user)) = c.channels.iter().find(|(ch, _)| **ch == *channel) else {
+        let Some(user) = c
+            .channels
+            .iter()
+            .find(|s| *s.channel == *channel && matches!(s.state, SubState::Ready))
+            .map(|s| &s.user)
+        else {
             return reject(ctx, "not subscribed to this channel");
         };
         if !matches!(
@@ -590,7 +792,7 @@ impl Pusher {
             &topic(app, channel),
             &frame,
             Some(ctx.id()),
-            protocol::is_cache(channel),
+            keep(channel),
         );
         self.hook(app, || {
             let mut s = format!(
@@ -607,24 +809,31 @@ impl Pusher {
         });
     }
 
-    /// The connection ended: leave every channel, sign out.
+    /// The connection ended: leave every channel (its subscriptions, the
+    /// sign-in topic's too, end with it).
     pub fn on_close(&self, c: &mut Conn, ctx: &mut Context<'_>) {
         let Some(app) = c.app.clone() else { return };
         self.counters
             .sockets
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        for (ch, user) in std::mem::take(&mut c.channels) {
-            self.leave(&app, &ch, user.as_deref(), ctx);
-        }
-        if let Some(u) = c.user.take() {
-            self.membership.sign_out(&user_key(&app, &u), ctx.id());
+        for sub in std::mem::take(&mut c.channels) {
+            self.leave(&app, &sub, ctx);
         }
     }
 
-    /// Answer a plain HTTP request if it is the Pusher API's.
-    pub fn on_http(&self, handle: &Handle, req: &Request<'_>) -> Option<Response> {
-        api::serve(self, handle, req)
+    /// Answer a plain HTTP request (on connection `conn`) if it is the
+    /// Pusher API's.
+    pub fn on_http(&self, handle: &Handle, conn: ConnId, req: &Request<'_>) -> Option<Response> {
+        api::serve(self, handle, conn, req)
     }
+}
+
+/// Whether publications on `channel` are kept in history: a cache
+/// channel's (its last event is replayed on subscribe) and a presence
+/// channel's (a joining connection resumes from its snapshot's position,
+/// so what came between must be in history).
+pub fn keep(channel: &str) -> bool {
+    protocol::is_cache(channel) || ChannelKind::of(channel) == ChannelKind::Presence
 }
 
 /// Tell the client its message was refused (`pusher:error`), and log it.
@@ -642,8 +851,8 @@ fn presence_member(data: &str) -> Result<(String, String), &'static str> {
         Some(serde_json::Value::Number(n)) => n.to_string(),
         _ => return Err("channel_data needs a user_id (a non-empty string or a number)"),
     };
-    if id.len() > 128 {
-        return Err("user_id is longer than 128 characters");
+    if !crate::broker::presence::valid_user(&id) {
+        return Err("user_id must be 1 to 128 bytes without control characters");
     }
     if data.len() > 1024 + 256 {
         return Err("channel_data is over the limit (user_info at most 1 KB)");
@@ -655,14 +864,6 @@ fn presence_member(data: &str) -> Result<(String, String), &'static str> {
         .get("user_info")
         .map_or_else(|| "null".to_string(), |r| r.get().to_string());
     Ok((id, info))
-}
-
-fn member_hook(name: &str, channel: &str, user: &str) -> String {
-    format!(
-        "{{\"name\":\"{name}\",\"channel\":{},\"user_id\":{}}}",
-        json_str(channel),
-        json_str(user)
-    )
 }
 
 /// The `--pusher-*` flags.

@@ -1,284 +1,167 @@
-//! Membership: who is on which Pusher channel of this node, and which
-//! connections each signed-in user has.
+//! Presence for Pusher channels, kept by the broker
+//! ([`crate::broker::presence`]): on one node in its channel state, across
+//! nodes in Redis with per-node ownership and expiry.
 //!
-//! All of it lives here, in one struct, so that a scale-out can replace it
-//! with per-node ownership (each node owns and expires the members of its
-//! own connections; a channel's members are the union over live nodes)
-//! without touching the protocol code. Today it is this node's state only.
-//!
-//! Every change runs a caller's closure under the channel's lock, so a
-//! subscription and the `member_added` it publishes are ordered with every
-//! other join and leave of the channel: a joining socket's snapshot and the
-//! member events it receives afterwards never miss or repeat a member.
+//! Every Pusher subscription enters its channel's presence (so occupancy,
+//! `subscription_count` and the `channel_occupied` / `channel_vacated`
+//! webhooks are cluster-wide); a presence subscription enters as its user.
+//! This file holds what the broker needs from the Pusher side: the formats
+//! of the member events it publishes (`pusher_internal:member_added` and
+//! `member_removed`), the close that terminates a user's connections, the
+//! observer that turns changes into webhooks, and the snapshot's JSON.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Arc;
 
+use super::app::App;
+use super::protocol;
+use super::webhook::Webhooks;
+use crate::broker::presence::{self, Change, Events, Member};
+use crate::broker::{Encoded, Format, Meta};
 use crate::push::envelope::json_str;
-use crate::server::ConnId;
+use crate::server::Frame;
 
-const SHARDS: usize = 32;
+/// `pusher_internal:member_added` (data: user and info).
+pub const MEMBER_ADDED: Format = Format(20);
+/// `pusher_internal:member_removed` (data: the user).
+pub const MEMBER_REMOVED: Format = Format(21);
+/// Closes the subscribers (a signed-in user's connections) with 4009.
+pub const TERMINATE: Format = Format(22);
 
-/// A channel's state on this node.
-#[derive(Debug, Default)]
-struct Channel {
-    /// Subscribed connections.
-    subscribers: u64,
-    /// Presence members by user id, in join order of first connection.
-    members: HashMap<String, Member>,
+/// The Pusher channel of a broker topic (`pusher/{app id}/{channel}`).
+pub fn channel_of(topic: &str) -> &str {
+    topic.splitn(3, '/').nth(2).unwrap_or(topic)
 }
 
-#[derive(Debug)]
-struct Member {
-    /// `user_info` as received (JSON text), or `null`.
-    info: String,
-    /// Connections of this user on the channel (tabs).
-    conns: u32,
+fn member_added(m: &Meta<'_>) -> Encoded {
+    let (user, info) = presence::parse_member_event(m.data);
+    let info = if info.is_empty() { "null" } else { info };
+    let data = format!("{{\"user_id\":{},\"user_info\":{info}}}", json_str(user));
+    Encoded::whole(Frame::text(&protocol::event(
+        "pusher_internal:member_added",
+        Some(channel_of(m.channel)),
+        &json_str(&data),
+        None,
+    )))
 }
 
-/// What a join changed.
-#[derive(Debug, Clone, Copy)]
-pub struct Joined {
-    /// The channel had no subscriber before (`channel_occupied`).
-    pub occupied: bool,
-    /// This was the user's first connection on the presence channel
-    /// (`member_added`).
-    pub member_added: bool,
+fn member_removed(m: &Meta<'_>) -> Encoded {
+    let (user, _) = presence::parse_member_event(m.data);
+    let data = format!("{{\"user_id\":{}}}", json_str(user));
+    Encoded::whole(Frame::text(&protocol::event(
+        "pusher_internal:member_removed",
+        Some(channel_of(m.channel)),
+        &json_str(&data),
+        None,
+    )))
 }
 
-/// What a leave changed.
-#[derive(Debug, Clone, Copy)]
-pub struct Left {
-    /// The channel has no subscriber left (`channel_vacated`).
-    pub vacated: bool,
-    /// That was the user's last connection on the presence channel
-    /// (`member_removed`).
-    pub member_removed: bool,
+fn terminate(_: &Meta<'_>) -> Encoded {
+    Encoded::whole(Frame::close(
+        protocol::UNAUTHORIZED,
+        "connection terminated by the server",
+    ))
 }
 
-/// A presence member as the join names it.
-#[derive(Debug, Clone, Copy)]
-pub struct MemberRef<'a> {
-    /// `user_id`.
-    pub user_id: &'a str,
-    /// `user_info` (JSON text) or `null`.
-    pub info: &'a str,
+/// Register the formats (once per process; harmless again).
+pub fn register_formats() {
+    let ok = MEMBER_ADDED.register(member_added)
+        & MEMBER_REMOVED.register(member_removed)
+        & TERMINATE.register(terminate);
+    assert!(ok, "Pusher formats 20-22 are taken by another function");
 }
 
-/// Channels and members of this node (keys are broker topics).
-#[derive(Debug)]
-pub struct Membership {
-    shards: Vec<Mutex<HashMap<String, Channel>>>,
-    users: Mutex<HashMap<String, Vec<ConnId>>>,
-}
-
-impl Default for Membership {
-    fn default() -> Self {
-        Membership {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            users: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Membership {
-    fn shard(&self, topic: &str) -> MutexGuard<'_, HashMap<String, Channel>> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(topic);
-        lock(&self.shards[(h as usize) % SHARDS])
-    }
-
-    /// A connection joins `topic` (as `member` on a presence channel).
-    /// `then` runs under the channel's lock with what changed and the
-    /// presence snapshot (`{"presence":{...}}`) including the new member.
-    /// `None` (nothing changed) when a new member would make more than
-    /// `max_members`.
-    pub fn join<R>(
-        &self,
-        topic: &str,
-        member: Option<MemberRef<'_>>,
-        max_members: usize,
-        then: impl FnOnce(Joined, Option<String>) -> R,
-    ) -> Option<R> {
-        let mut shard = self.shard(topic);
-        if let (Some(m), Some(ch)) = (member, shard.get(topic)) {
-            if !ch.members.contains_key(m.user_id) && ch.members.len() >= max_members {
-                return None;
-            }
-        }
-        let ch = shard.entry(topic.to_string()).or_default();
-        ch.subscribers += 1;
-        let occupied = ch.subscribers == 1;
-        let mut member_added = false;
-        let snapshot = member.map(|m| {
-            match ch.members.get_mut(m.user_id) {
-                Some(existing) => existing.conns += 1,
-                None => {
-                    member_added = true;
-                    ch.members.insert(
-                        m.user_id.to_string(),
-                        Member {
-                            info: m.info.to_string(),
-                            conns: 1,
-                        },
-                    );
-                }
-            }
-            snapshot(ch)
-        });
-        Some(then(
-            Joined {
-                occupied,
-                member_added,
-            },
-            snapshot,
-        ))
-    }
-
-    /// A connection leaves `topic` (as `user_id` on a presence channel);
-    /// `then` runs under the channel's lock.
-    pub fn leave<R>(&self, topic: &str, user_id: Option<&str>, then: impl FnOnce(Left) -> R) -> R {
-        let mut shard = self.shard(topic);
-        let mut left = Left {
-            vacated: false,
-            member_removed: false,
-        };
-        if let Some(ch) = shard.get_mut(topic) {
-            ch.subscribers = ch.subscribers.saturating_sub(1);
-            if let Some(u) = user_id {
-                if let Some(m) = ch.members.get_mut(u) {
-                    m.conns -= 1;
-                    if m.conns == 0 {
-                        ch.members.remove(u);
-                        left.member_removed = true;
-                    }
-                }
-            }
-            if ch.subscribers == 0 {
-                shard.remove(topic);
-                left.vacated = true;
-            }
-        }
-        then(left)
-    }
-
-    /// The presence snapshot of `topic`, if it has members.
-    pub fn snapshot(&self, topic: &str) -> String {
-        let shard = self.shard(topic);
-        match shard.get(topic) {
-            Some(ch) => snapshot(ch),
-            None => snapshot(&Channel::default()),
-        }
-    }
-
-    /// `(subscribers, presence members)` of `topic` on this node.
-    pub fn counts(&self, topic: &str) -> (u64, usize) {
-        let shard = self.shard(topic);
-        shard
-            .get(topic)
-            .map_or((0, 0), |c| (c.subscribers, c.members.len()))
-    }
-
-    /// The user ids on presence channel `topic`.
-    pub fn user_ids(&self, topic: &str) -> Vec<String> {
-        let shard = self.shard(topic);
-        let mut ids: Vec<String> = shard
-            .get(topic)
-            .map(|c| c.members.keys().cloned().collect())
-            .unwrap_or_default();
-        ids.sort();
-        ids
-    }
-
-    /// Occupied topics starting with `prefix`: `(topic, subscribers, members)`.
-    pub fn channels(&self, prefix: &str) -> Vec<(String, u64, usize)> {
-        let mut out = Vec::new();
-        for s in &self.shards {
-            for (t, c) in lock(s).iter() {
-                if t.starts_with(prefix) {
-                    out.push((t.clone(), c.subscribers, c.members.len()));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-
-    /// A connection signed in as `user` (key: app id and user id).
-    pub fn sign_in(&self, user: &str, conn: ConnId) {
-        lock(&self.users)
-            .entry(user.to_string())
-            .or_default()
-            .push(conn);
-    }
-
-    /// A signed-in connection went away.
-    pub fn sign_out(&self, user: &str, conn: ConnId) {
-        let mut users = lock(&self.users);
-        if let Some(v) = users.get_mut(user) {
-            v.retain(|c| *c != conn);
-            if v.is_empty() {
-                users.remove(user);
-            }
-        }
-    }
-
-    /// The connections signed in as `user`.
-    pub fn user_conns(&self, user: &str) -> Vec<ConnId> {
-        lock(&self.users).get(user).cloned().unwrap_or_default()
+/// The events of an app's channels: member events in the Pusher formats,
+/// changes to webhooks when there are any.
+pub fn events(app: &Arc<App>, webhooks: Option<&Arc<Webhooks>>) -> Events {
+    let observer = webhooks.map(|w| {
+        let (w, app) = (w.clone(), app.clone());
+        Arc::new(move |topic: &str, change: &Change| {
+            w.emit(&app, hook(channel_of(topic), change));
+        }) as presence::Observer
+    });
+    Events {
+        added: MEMBER_ADDED,
+        removed: MEMBER_REMOVED,
+        observer,
     }
 }
 
-/// `{"presence":{"ids":[...],"hash":{id:info},"count":N}}`.
-fn snapshot(ch: &Channel) -> String {
-    let mut ids: Vec<(&String, &Member)> = ch.members.iter().collect();
-    ids.sort_by(|a, b| a.0.cmp(b.0));
-    let list: Vec<String> = ids.iter().map(|(id, _)| json_str(id)).collect();
-    let hash: Vec<String> = ids
+/// The webhook event of a change.
+fn hook(channel: &str, change: &Change) -> String {
+    let ch = json_str(channel);
+    match change {
+        Change::Occupied => format!("{{\"name\":\"channel_occupied\",\"channel\":{ch}}}"),
+        Change::Vacated => format!("{{\"name\":\"channel_vacated\",\"channel\":{ch}}}"),
+        Change::MemberAdded(u) => format!(
+            "{{\"name\":\"member_added\",\"channel\":{ch},\"user_id\":{}}}",
+            json_str(u)
+        ),
+        Change::MemberRemoved(u) => format!(
+            "{{\"name\":\"member_removed\",\"channel\":{ch},\"user_id\":{}}}",
+            json_str(u)
+        ),
+    }
+}
+
+/// `{"presence":{"ids":[...],"hash":{id:info},"count":N}}` (members sorted
+/// by user).
+pub fn snapshot(members: &[Member]) -> String {
+    let ids: Vec<String> = members.iter().map(|m| json_str(&m.user)).collect();
+    let hash: Vec<String> = members
         .iter()
-        .map(|(id, m)| format!("{}:{}", json_str(id), m.info))
+        .map(|m| format!("{}:{}", json_str(&m.user), m.info))
         .collect();
     format!(
         "{{\"presence\":{{\"ids\":[{}],\"hash\":{{{}}},\"count\":{}}}}}",
-        list.join(","),
+        ids.join(","),
         hash.join(","),
-        ids.len()
+        members.len()
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Epoch;
 
     #[test]
-    fn tabs_are_one_member() {
-        let m = Membership::default();
-        let a = MemberRef {
-            user_id: "1",
-            info: r#"{"name":"a"}"#,
+    fn member_events_and_snapshots_are_pusher_json() {
+        register_formats();
+        let meta = |data: &'static [u8]| Meta {
+            channel: "pusher/1/presence-room",
+            seq: 3,
+            epoch: Epoch(1),
+            data,
         };
-        let (j, s) = m.join("t", Some(a), 100, |j, s| (j, s.unwrap())).unwrap();
-        assert!(j.occupied && j.member_added);
+        let d = presence::member_added_data("7", "{\"name\":\"a\"}");
+        let d: &'static [u8] = Box::leak(d.into_boxed_slice());
+        let text = |f: Frame| {
+            let b = f.bytes();
+            String::from_utf8(b[crate::protocol::encode::header_len(b)..].to_vec()).unwrap()
+        };
+        let added = text(MEMBER_ADDED.encode(&meta(d)).frame);
         assert_eq!(
-            s,
-            r#"{"presence":{"ids":["1"],"hash":{"1":{"name":"a"}},"count":1}}"#
+            added,
+            r#"{"event":"pusher_internal:member_added","channel":"presence-room","data":"{\"user_id\":\"7\",\"user_info\":{\"name\":\"a\"}}"}"#
         );
-        let j = m.join("t", Some(a), 1, |j, _| j).unwrap();
-        assert!(!j.occupied && !j.member_added);
-        let b = MemberRef {
-            user_id: "2",
-            info: "null",
-        };
-        assert!(m.join("t", Some(b), 1, |j, _| j).is_none(), "full");
-        assert_eq!(m.counts("t"), (2, 1));
-        let l = m.leave("t", Some("1"), |l| l);
-        assert!(!l.vacated && !l.member_removed);
-        let l = m.leave("t", Some("1"), |l| l);
-        assert!(l.vacated && l.member_removed);
-        assert_eq!(m.counts("t"), (0, 0));
+        assert!(text(MEMBER_REMOVED.encode(&meta(b"7")).frame)
+            .contains(r#""data":"{\"user_id\":\"7\"}""#));
+        assert_eq!(
+            TERMINATE.encode(&meta(b"")).frame.as_close(),
+            Some((4009, "connection terminated by the server"))
+        );
+        let m = vec![Member {
+            user: "1".into(),
+            info: "{\"n\":1}".into(),
+        }];
+        assert_eq!(
+            snapshot(&m),
+            r#"{"presence":{"ids":["1"],"hash":{"1":{"n":1}},"count":1}}"#
+        );
+        assert_eq!(channel_of("pusher/app-1/cache-x"), "cache-x");
+        assert_eq!(
+            hook("presence-a", &Change::MemberRemoved("u".into())),
+            r#"{"name":"member_removed","channel":"presence-a","user_id":"u"}"#
+        );
     }
 }

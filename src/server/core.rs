@@ -845,8 +845,23 @@ impl Core {
         if !current {
             return;
         }
-        let f: LocalFrame = Rc::new(p.frame().clone().into_shared());
         let skip = p.exclude.and_then(|id| self.lookup(id));
+        if let Some((code, reason)) = p.frame().as_close() {
+            // A close published on a topic closes its subscribers.
+            let keys: Vec<usize> = self
+                .topics
+                .subscribers(id)
+                .iter()
+                .map(|&k| k as usize)
+                .filter(|&k| skip != Some(k))
+                .collect();
+            let reason = reason.to_string();
+            for key in keys {
+                self.close_conn(key, code, &reason, CloseReason::Server(code));
+            }
+            return;
+        }
+        let f: LocalFrame = Rc::new(p.frame().clone().into_shared());
         let conns = &mut self.conns;
         let mut q = Queues {
             dirty: &mut self.dirty,

@@ -67,6 +67,20 @@ impl<H: Handler> App<H> {
         }
     }
 
+    /// A value for the handler of `key` ([`Handle::notify`](crate::server::Handle::notify)).
+    pub(crate) fn notify(
+        &mut self,
+        core: &mut Core,
+        key: usize,
+        value: Box<dyn std::any::Any + Send>,
+    ) {
+        let id = core.id_of(key);
+        if let Some(Some(state)) = self.states.get_mut(key) {
+            self.handler
+                .on_notify(state, value, &mut Context { core, key, id });
+        }
+    }
+
     /// A subscribed topic's stream starts again at `position`.
     pub(crate) fn reset(
         &mut self,

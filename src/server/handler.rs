@@ -133,6 +133,18 @@ pub trait Handler: Send + 'static {
         let _ = (conn, topic, position, ctx);
     }
 
+    /// A value sent to this connection with
+    /// [`Handle::notify`](crate::server::Handle::notify) (e.g. a broker's
+    /// later answer the handler asked for). Default: nothing.
+    fn on_notify(
+        &mut self,
+        conn: &mut Self::Conn,
+        value: Box<dyn std::any::Any + Send>,
+        ctx: &mut Context<'_>,
+    ) {
+        let _ = (conn, value, ctx);
+    }
+
     /// The connection has ended; it can no longer be sent to.
     fn on_close(&mut self, conn: &mut Self::Conn, reason: CloseReason, ctx: &mut Context<'_>) {
         let _ = (conn, reason, ctx);

@@ -125,6 +125,26 @@ impl Frame {
         Frame(encode::shared(opcode, payload))
     }
 
+    /// A close frame. Published on a topic, it closes every subscriber with
+    /// this code and reason (a proper close handshake) instead of being
+    /// queued as data.
+    pub fn close(code: u16, reason: &str) -> Frame {
+        let mut v = Vec::new();
+        encode::close_into(&mut v, Some(code), reason);
+        Frame(Arc::from(v))
+    }
+
+    /// The code and reason of a close frame; `None` for any other frame.
+    pub fn as_close(&self) -> Option<(u16, &str)> {
+        let b = &self.0;
+        if b.first()? & 0x0f != OpCode::Close as u8 {
+            return None;
+        }
+        let p = b.get(encode::header_len(b)..)?;
+        let code = u16::from_be_bytes([*p.first()?, *p.get(1)?]);
+        Some((code, std::str::from_utf8(&p[2..]).unwrap_or("")))
+    }
+
     /// Wrap bytes that already hold one or more complete, unmasked frames.
     pub fn from_encoded(bytes: Arc<[u8]>) -> Frame {
         Frame(bytes)
@@ -177,6 +197,8 @@ pub(crate) enum Command {
     Reset(Arc<str>, Position),
     /// The deferred answer to an HTTP request.
     Respond(ConnId, Box<Response>),
+    /// A value for a connection's handler ([`Handle::notify`]).
+    Notify(ConnId, Box<dyn std::any::Any + Send>),
 }
 
 struct Link {
@@ -415,6 +437,38 @@ impl Handle {
     pub fn respond(&self, id: ConnId, resp: Response) -> bool {
         self.hub
             .post(id.worker(), Command::Respond(id, Box::new(resp)))
+    }
+
+    /// The response to an HTTP request on connection `conn` that asks the
+    /// broker something: `call` asks (with the reply maker a broker that
+    /// answers later uses); `render` makes the response now, or later,
+    /// when the broker's reply comes ([`Response::deferred`] meanwhile).
+    pub fn answer<T: 'static>(
+        &self,
+        conn: ConnId,
+        call: impl FnOnce(&mut dyn FnMut() -> Reply<T>) -> Answer<T>,
+        render: impl Fn(Result<T, crate::broker::Unavailable>) -> Response + Send + Clone + 'static,
+    ) -> Response {
+        let later = render.clone();
+        let mut reply = || -> Reply<T> {
+            let (handle, render) = (self.clone(), later.clone());
+            Box::new(move |r| {
+                handle.respond(conn, render(r));
+            })
+        };
+        match call(&mut reply) {
+            Answer::Now(r) => render(r),
+            Answer::Later => Response::deferred(),
+        }
+    }
+
+    /// Hand `value` to the handler of connection `id`, on its worker
+    /// ([`Handler::on_notify`](crate::server::Handler::on_notify)): how
+    /// work done on another thread (a broker's later answer, a lookup)
+    /// comes back to a connection. False if the worker is gone; a
+    /// connection that has closed meanwhile never sees it.
+    pub fn notify(&self, id: ConnId, value: Box<dyn std::any::Any + Send>) -> bool {
+        self.hub.post(id.worker(), Command::Notify(id, value))
     }
 
     /// `(subscribers on all workers, last sequence number)` of a topic.

@@ -550,6 +550,11 @@ impl<H: Handler> Loop<H> {
                     self.app.reset(&mut self.core, key, &topic, position);
                 }
             }
+            Command::Notify(id, value) => {
+                if let Some(key) = self.core.lookup(id) {
+                    self.app.notify(&mut self.core, key, value);
+                }
+            }
             Command::Respond(id, resp) => {
                 if let Some(key) = self.core.lookup(id) {
                     if self.app.answer(&mut self.core, key, *resp) {

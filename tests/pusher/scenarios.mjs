@@ -27,9 +27,9 @@ const forger = new PusherServer({
 
 // A pusher-js client; `user` is the presence member / signed-in user;
 // `backend` signs its subscriptions (the app's auth endpoint, in process).
-function client({ user = null, backend = server } = {}) {
+function client({ user = null, backend = server, port = PORT } = {}) {
   return new Pusher(APP.key, {
-    cluster: "mt1", wsHost: "127.0.0.1", wsPort: +PORT, forceTLS: false,
+    cluster: "mt1", wsHost: "127.0.0.1", wsPort: +port, forceTLS: false,
     enabledTransports: ["ws"], disableStats: true,
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, cb) =>
@@ -176,6 +176,76 @@ const cases = {
     await sleep(300);
     eq(bobHearsLeave, [{ name: "Alice" }], "leaving after the last tab");
     b.disconnect();
+  },
+
+  // Two nodes joined through Redis (ARG: "PORT_B,PID_B"): one presence
+  // channel across both, users with tabs on both nodes, the API of either
+  // node seeing the whole cluster, a user terminated from the other node,
+  // then node B killed without a word: its users leave, the others stay.
+  async presence_cluster() {
+    const [portB, pidB] = ARG.split(",");
+    const serverB = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: "127.0.0.1", port: portB, useTLS: false });
+    const alice = { user_id: "1", user_info: { name: "Alice" } };
+    const bob = { user_id: "2", user_info: { name: "Bob" } };
+    // Alice on node A.
+    const a = echo({ user: alice });
+    const hereA = deferred("here a");
+    const joining = [], leaving = [];
+    const room = a.join("room").here((m) => hereA.resolve(m)).joining((m) => joining.push(m.name)).leaving((m) => leaving.push(m.name));
+    eq(await hereA, [{ name: "Alice" }], "alice alone");
+    // Bob on node B: his snapshot has Alice; Alice hears him join.
+    const b = echo({ user: bob, port: portB });
+    const hereB = deferred("here b");
+    const bobHears = [];
+    b.join("room").here((m) => hereB.resolve(m)).joining((m) => bobHears.push("+" + m.name)).leaving((m) => bobHears.push("-" + m.name));
+    eq((await hereB).map((m) => m.name).sort(), ["Alice", "Bob"], "bob's here across nodes");
+    await until(() => joining.length > 0, "alice hearing bob join");
+    // A second tab of Alice, on node B: still one member, nobody hears a join.
+    const a2 = echo({ user: alice, port: portB });
+    const hereA2 = deferred("here a2");
+    a2.join("room").here((m) => hereA2.resolve(m));
+    eq((await hereA2).map((m) => m.name).sort(), ["Alice", "Bob"], "alice's second tab");
+    // A marker event through node B's API: everything before it arrived.
+    const marker = (n) => {
+      const got = deferred("marker " + n);
+      room.listen(".marker", (d) => { if (d.n === n) got.resolve(); });
+      return serverB.trigger("presence-room", "marker", { n }).then(() => got);
+    };
+    await marker(1);
+    eq(joining, ["Bob"], "alice heard bob once, not her own second tab");
+    eq(bobHears, [], "bob heard nothing: alice was already a member");
+    // Either node's API sees the whole cluster.
+    for (const [s, label] of [[server, "A"], [serverB, "B"]]) {
+      const users = await s.get({ path: "/channels/presence-room/users" }).then((r) => r.json());
+      eq(users.users.map((u) => u.id).sort(), ["1", "2"], "users on " + label);
+      const info = await s.get({ path: "/channels/presence-room", params: { info: "user_count,subscription_count" } }).then((r) => r.json());
+      eq(info, { occupied: true, user_count: 2, subscription_count: 3 }, "channel info on " + label);
+      const list = await s.get({ path: "/channels", params: { filter_by_prefix: "presence-", info: "user_count" } }).then((r) => r.json());
+      eq(list, { channels: { "presence-room": { user_count: 2 } } }, "channel list on " + label);
+    }
+    // A user signed in on node A, terminated through node B's API.
+    const carol = client({ user: { user_id: "9", user_info: { name: "Carol" } } });
+    await connected(carol);
+    carol.signin();
+    await signedIn(carol);
+    const closed = deferred("carol terminated");
+    carol.connection.bind("state_change", (s) => { if (s.current === "failed" || s.current === "disconnected") closed.resolve(); });
+    eq((await serverB.terminateUserConnections("9")).status, 200, "terminate through node B");
+    await closed;
+    // Node B dies without a word: Bob (only there) leaves; Alice (a tab on
+    // A too) stays, and nobody hears her leave.
+    process.kill(+pidB, "SIGKILL");
+    await until(() => leaving.length > 0, "alice hearing bob leave after node B died", 15000);
+    const m2 = deferred("marker 3");
+    room.listen(".marker", (d) => { if (d.n === 3) m2.resolve(); });
+    await server.trigger("presence-room", "marker", { n: 3 });
+    await m2;
+    eq(leaving, ["Bob"], "only bob left");
+    const users = await server.get({ path: "/channels/presence-room/users" }).then((r) => r.json());
+    eq(users, { users: [{ id: "1" }] }, "users after node B died");
+    const info = await server.get({ path: "/channels/presence-room", params: { info: "user_count,subscription_count" } }).then((r) => r.json());
+    eq(info, { occupied: true, user_count: 1, subscription_count: 1 }, "channel info after node B died");
+    a.disconnect();
   },
 
   // Echo's whisper: reaches the other member, not the sender; user_id added.

@@ -19,8 +19,10 @@
 //! the channel's publications, the worker sees them in one order: no
 //! publication is lost or doubled at the seam.
 
-mod reader;
+#[macro_use]
 pub mod scripts;
+mod presence;
+mod reader;
 pub mod topology;
 mod writer;
 
@@ -32,6 +34,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use super::history::HistoryConfig;
+use super::presence::{Enter, Entered, Events, Occupied, Presence};
 use super::{
     Answer, Broker, Epoch, Format, Health, HistoryPage, Joined, Joiner, Meta, NodeInfo, Position,
     Publication, PublishOptions, Published, Relay, Reply, Totals, Unavailable,
@@ -51,6 +54,10 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// How long a connection attempt, and any one request, may take.
     pub timeout: Duration,
+    /// How long a node's share of a channel's presence outlives its last
+    /// renewal (renewed every third of it): a node that dies without a word
+    /// leaves its members listed at most this long.
+    pub presence_lease: Duration,
 }
 
 impl Default for RedisConfig {
@@ -59,6 +66,7 @@ impl Default for RedisConfig {
             urls: vec!["redis://127.0.0.1:6379".into()],
             cluster: false,
             timeout: Duration::from_secs(2),
+            presence_lease: Duration::from_secs(15),
         }
     }
 }
@@ -96,6 +104,8 @@ pub(crate) struct Inner {
     /// Why the link is down (for `/healthz`), empty when up.
     reason: Mutex<String>,
     chans: Mutex<HashMap<Arc<str>, Chan>>,
+    /// This node's share of presence, per channel.
+    owned: Mutex<HashMap<Arc<str>, presence::Owned>>,
     subscriptions: AtomicU64,
     nodes: Mutex<Vec<NodeInfo>>,
     stop: AtomicBool,
@@ -242,6 +252,7 @@ impl RedisBroker {
             reader_up: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             reason: Mutex::new(String::new()),
             chans: Mutex::new(HashMap::new()),
+            owned: Mutex::new(HashMap::new()),
             subscriptions: AtomicU64::new(0),
             nodes: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -295,22 +306,31 @@ impl RedisBroker {
 impl RedisBroker {
     /// Hand a job to the writer; refused at once when its queue is full.
     fn queue<T>(&self, job: writer::Job) -> Answer<T> {
-        match self.writes.try_send(job) {
+        match self.send(job) {
             Ok(()) => Answer::Later,
+            Err(e) => Answer::Now(Err(e)),
+        }
+    }
+
+    fn send(&self, job: writer::Job) -> Result<(), Unavailable> {
+        match self.writes.try_send(job) {
+            Ok(()) => Ok(()),
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 if !self.inner.full_warned.swap(true, Ordering::Relaxed) {
                     log::warn!(
                         "Redis: {WRITE_QUEUE} requests wait for Redis; new ones are refused until they drain"
                     );
                 }
-                Answer::Now(Err(Unavailable(Arc::from(
+                Err(Unavailable(Arc::from(
                     "too many requests waiting for Redis",
-                ))))
+                )))
             }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
-                Answer::Now(Err(self.inner.unavailable()))
-            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(self.inner.unavailable()),
         }
+    }
+
+    fn writer_up(&self, channel: &str) -> bool {
+        self.inner.writer_up[self.inner.shard_of(channel)].load(Ordering::Relaxed)
     }
 }
 
@@ -446,6 +466,88 @@ impl Broker for RedisBroker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn presence_enter(
+        &self,
+        channel: &str,
+        enter: Enter<'_>,
+        later: &mut dyn FnMut() -> Reply<Entered>,
+    ) -> Answer<Entered> {
+        if !self.writer_up(channel) {
+            return Answer::Now(Err(self.inner.unavailable()));
+        }
+        let sent = presence::enter(
+            &self.inner,
+            channel,
+            enter.conn,
+            enter.member,
+            enter.limit,
+            enter.events,
+            later(),
+            |job| self.send(writer::Job::Presence(job)),
+        );
+        match sent {
+            Ok(()) => Answer::Later,
+            Err(e) => Answer::Now(Err(e)),
+        }
+    }
+
+    fn presence_leave(&self, channel: &str, conn: ConnId) {
+        presence::leave(&self.inner, channel, conn, |job| {
+            self.send(writer::Job::Presence(job))
+        });
+    }
+
+    fn presence(
+        &self,
+        channel: &str,
+        events: &Events,
+        later: &mut dyn FnMut() -> Reply<Presence>,
+    ) -> Answer<Presence> {
+        if !self.writer_up(channel) {
+            return Answer::Now(Err(self.inner.unavailable()));
+        }
+        self.queue(writer::Job::Presence(presence::Job::Read {
+            channel: Arc::from(channel),
+            events: events.clone(),
+            reply: later(),
+        }))
+    }
+
+    fn presence_channels(
+        &self,
+        prefix: &str,
+        later: &mut dyn FnMut() -> Reply<Vec<Occupied>>,
+    ) -> Answer<Vec<Occupied>> {
+        // A SCAN of every shard: on its own short-lived thread, never the
+        // writer's (publications must not wait for a listing). At most a
+        // few at once.
+        static LISTINGS: AtomicU64 = AtomicU64::new(0);
+        if LISTINGS.fetch_add(1, Ordering::SeqCst) >= 4 {
+            LISTINGS.fetch_sub(1, Ordering::SeqCst);
+            return Answer::Now(Err(Unavailable(Arc::from(
+                "too many channel listings at once",
+            ))));
+        }
+        let inner = self.inner.clone();
+        let prefix = prefix.to_string();
+        let reply = later();
+        let spawned = std::thread::Builder::new()
+            .name("wspush-redis-list".into())
+            .spawn(move || {
+                reply(presence::list(&inner, &prefix));
+                LISTINGS.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(_) => Answer::Later,
+            Err(e) => {
+                LISTINGS.fetch_sub(1, Ordering::SeqCst);
+                Answer::Now(Err(Unavailable(Arc::from(format!(
+                    "cannot start a listing: {e}"
+                )))))
+            }
+        }
     }
 }
 

@@ -25,35 +25,54 @@
 /// subscription (ms): past it a channel starts a new stream.
 pub const META_TTL_MS: u64 = 24 * 3600 * 1000;
 
+/// The body of a publication, shared by [`PUBLISH_LUA`] and
+/// [`PRESENCE_LUA`](super::presence::PRESENCE_LUA): `publish(meta,
+/// history, pubsub channel, data, keep ('1'/'0'), history size, history
+/// ttl ms, new epoch, format, meta ttl ms, publishing command, excluded
+/// connection)` returns `seq, epoch, receivers`.
+macro_rules! wspush_publish_lua {
+    () => {
+        r#"
+local function publish(meta, hist, pubsub, data, keep, size, ttl, newepoch, fmt, metattl, command, exclude)
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local epoch
+  if redis.call('HSETNX', meta, 'epoch', newepoch) == 1 then
+    epoch = newepoch
+    redis.call('DEL', hist)
+    if seq ~= 1 then
+      seq = 1
+      redis.call('HSET', meta, 'seq', 1)
+    end
+  else
+    epoch = redis.call('HGET', meta, 'epoch')
+  end
+  redis.call('PEXPIRE', meta, metattl)
+  if keep == '1' then
+    local t = redis.call('TIME')
+    local now = t[1] * 1000 + math.floor(t[2] / 1000)
+    redis.call('XADD', hist, 'MAXLEN', size, seq .. '-0', 't', now, 'f', fmt, 'd', data)
+    redis.call('PEXPIRE', hist, ttl)
+  end
+  local n = redis.call(command, pubsub, seq .. '\n' .. epoch .. '\n' .. fmt .. '\n' .. exclude .. '\n' .. data)
+  return seq, epoch, n
+end
+"#
+    };
+}
+
 /// `KEYS`: meta, history. `ARGV`: pubsub channel, data, keep (0/1),
 /// history size, history ttl ms, new epoch, format, meta ttl ms, and the
 /// publishing command (`PUBLISH`, or `SPUBLISH` on a Redis Cluster: the
 /// channel shares the keys' hash slot, so its shard delivers it), and the
 /// connection that must not receive it (decimal id, or empty).
 /// Returns `{seq, epoch, receivers}`.
-pub const PUBLISH_LUA: &str = r#"
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local epoch
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[6]) == 1 then
-  epoch = ARGV[6]
-  redis.call('DEL', KEYS[2])
-  if seq ~= 1 then
-    seq = 1
-    redis.call('HSET', KEYS[1], 'seq', 1)
-  end
-else
-  epoch = redis.call('HGET', KEYS[1], 'epoch')
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-if ARGV[3] == '1' then
-  local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000)
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 't', now, 'f', ARGV[7], 'd', ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-end
-local n = redis.call(ARGV[9], ARGV[1], seq .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n' .. ARGV[10] .. '\n' .. ARGV[2])
+pub static PUBLISH_LUA: &str = concat!(
+    wspush_publish_lua!(),
+    r#"
+local seq, epoch, n = publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 return {seq, epoch, n}
-"#;
+"#
+);
 
 /// `KEYS`: meta, history. `ARGV`: mode (`join`: create the stream if
 /// absent; `read`: change nothing), after (seq, or '' for none), epoch of
@@ -63,7 +82,7 @@ return {seq, epoch, n}
 /// after `after` is in the entries (when known); the entries are after
 /// `after` when known, else the oldest held, young ones only, at most
 /// `limit`.
-pub const READ_LUA: &str = r#"
+pub static READ_LUA: &str = r#"
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -115,7 +134,7 @@ return out
 /// expiry ms. Returns `{now_ms, {id, last_ms, ...}, {id, conns, ...}}` of
 /// the nodes heard within the expiry. Ids silent for a day are forgotten
 /// (until then [`CLAIM_LUA`] does not hand them out again).
-pub const HEARTBEAT_LUA: &str = r#"
+pub static HEARTBEAT_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -133,7 +152,7 @@ return {now, live, redis.call('HGETALL', KEYS[2])}
 /// free (never used, or silent for longer than the quarantine, so that
 /// connection ids of a dead node are not taken for a new node's) and is
 /// now taken, else 0.
-pub const CLAIM_LUA: &str = r#"
+pub static CLAIM_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -145,11 +164,18 @@ return 1
 /// The SHA1 a script is called by (`EVALSHA`), computed once per script.
 pub fn sha(script: &'static str) -> &'static str {
     use std::sync::OnceLock;
-    static SHAS: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
-    let i = [PUBLISH_LUA, READ_LUA, HEARTBEAT_LUA, CLAIM_LUA]
-        .iter()
-        .position(|s| std::ptr::eq(*s, script))
-        .expect("one of this module's scripts");
+    static SHAS: [OnceLock<String>; 6] = [const { OnceLock::new() }; 6];
+    let i = [
+        PUBLISH_LUA,
+        READ_LUA,
+        HEARTBEAT_LUA,
+        CLAIM_LUA,
+        super::presence::PRESENCE_LUA,
+        super::presence::OCCUPANCY_LUA,
+    ]
+    .iter()
+    .position(|s| std::ptr::eq(*s, script))
+    .expect("one of this module's scripts");
     SHAS[i].get_or_init(|| ::redis::Script::new(script).get_hash().to_string())
 }
 

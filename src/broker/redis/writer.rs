@@ -9,7 +9,7 @@ use ::redis::{cmd, Connection, Value};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::scripts::{self, META_TTL_MS};
-use super::{backoff, Inner, NODE_EXPIRY_MS};
+use super::{backoff, presence, Inner, NODE_EXPIRY_MS};
 use crate::broker::{
     Epoch, Format, HistoryPage, NodeInfo, Position, Published, Relay, Reply, Unavailable,
 };
@@ -31,14 +31,16 @@ pub(crate) enum Job {
         reply: Reply<HistoryPage>,
     },
     Relay(Relay, Reply<u64>),
+    Presence(presence::Job),
 }
 
 impl Job {
-    fn refuse(self, e: Unavailable) {
+    fn refuse(self, inner: &Inner, e: Unavailable) {
         match self {
             Job::Publish { reply, .. } => reply(Err(e)),
             Job::History { reply, .. } => reply(Err(e)),
             Job::Relay(_, reply) => reply(Err(e)),
+            Job::Presence(p) => p.refuse(inner, e),
         }
     }
 }
@@ -77,6 +79,7 @@ fn load_scripts(con: &mut Connection) -> ::redis::RedisResult<()> {
         scripts::PUBLISH_LUA,
         scripts::READ_LUA,
         scripts::HEARTBEAT_LUA,
+        presence::PRESENCE_LUA,
     ] {
         let _: String = cmd("SCRIPT").arg("LOAD").arg(s).query(con)?;
     }
@@ -96,6 +99,7 @@ impl Job {
     fn shard(&self, inner: &Inner) -> usize {
         match self {
             Job::Publish { channel, .. } | Job::History { channel, .. } => inner.shard_of(channel),
+            Job::Presence(p) => inner.shard_of(p.channel()),
             Job::Relay(..) => 0,
         }
     }
@@ -113,6 +117,8 @@ pub(crate) fn run(inner: Arc<Inner>, jobs: Receiver<Job>) {
         .collect();
     let beat_shard = inner.shard_of("nodes");
     let mut next_beat = Instant::now();
+    let renew_every = inner.config.presence_lease / 3;
+    let mut next_renewal = Instant::now() + renew_every;
     let mut groups: Vec<Vec<Job>> = (0..shards).map(|_| Vec::with_capacity(BATCH)).collect();
     let mut started = false;
     while !inner.stop.load(Ordering::Relaxed) {
@@ -173,11 +179,19 @@ pub(crate) fn run(inner: Arc<Inner>, jobs: Receiver<Job>) {
         if beat {
             next_beat = Instant::now() + HEARTBEAT;
         }
+        if Instant::now() >= next_renewal {
+            // This node's share of every channel it is on, after the jobs
+            // already taken (which the truth the renewals carry includes).
+            next_renewal = Instant::now() + renew_every;
+            for r in presence::renewals(&inner) {
+                groups[inner.shard_of(r.channel())].push(Job::Presence(r));
+            }
+        }
         for (i, l) in links.iter_mut().enumerate() {
             let batch = &mut groups[i];
             let Some(c) = l.con.as_mut() else {
                 for j in batch.drain(..) {
-                    j.refuse(inner.unavailable());
+                    j.refuse(&inner, inner.unavailable());
                 }
                 continue;
             };
@@ -189,7 +203,7 @@ pub(crate) fn run(inner: Arc<Inner>, jobs: Receiver<Job>) {
                 inner.set_reason(&e.to_string());
                 inner.writer_up[i].store(false, Ordering::SeqCst);
                 for j in batch.drain(..) {
-                    j.refuse(inner.unavailable());
+                    j.refuse(&inner, inner.unavailable());
                 }
                 l.con = None;
                 l.retry_at = Instant::now() + backoff(0);
@@ -270,6 +284,7 @@ fn send(
                 let (target, body) = relay_message(msg);
                 pipe.cmd("PUBLISH").arg(target).arg(body);
             }
+            Job::Presence(p) => presence::push(inner, &mut pipe, p),
         }
     }
     if beat {
@@ -305,6 +320,7 @@ fn send(
                 Value::Int(n) => Ok(n.max(0) as u64),
                 other => Err(server_error(other)),
             }),
+            Job::Presence(p) => presence::answer(inner, p, v),
         }
     }
     if beat {
@@ -319,7 +335,7 @@ fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
-fn server_error(v: Value) -> Unavailable {
+pub(crate) fn server_error(v: Value) -> Unavailable {
     let text = match v {
         Value::ServerError(e) => e.to_string(),
         other => format!("unexpected answer {other:?}"),
@@ -328,7 +344,7 @@ fn server_error(v: Value) -> Unavailable {
     Unavailable(Arc::from(format!("Redis refused: {text}")))
 }
 
-fn int(v: &Value) -> Option<i64> {
+pub(crate) fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(n) => Some(*n),
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
@@ -337,7 +353,7 @@ fn int(v: &Value) -> Option<i64> {
     }
 }
 
-fn text(v: &Value) -> Option<String> {
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
