@@ -461,6 +461,43 @@ fn presence_cap_and_cache_miss() {
 }
 
 #[test]
+fn a_subscribe_flood_is_refused_past_the_channel_allowance_per_second() {
+    let d = Daemon::start(&["--pusher-app", APP, "--max-channels-per-conn", "4"]);
+    let (mut ws, _) = connect(&d);
+    // Subscribe and unsubscribe in a loop: four in the window are fine,
+    // the fifth is refused (429) instead of costing the broker more.
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        send(
+            &mut ws,
+            r#"{"event":"pusher:subscribe","data":{"channel":"churn"}}"#,
+        );
+        send(
+            &mut ws,
+            r#"{"event":"pusher:unsubscribe","data":{"channel":"churn"}}"#,
+        );
+    }
+    for _ in 0..5 {
+        answers.push(text(&mut ws));
+    }
+    let ok = answers
+        .iter()
+        .filter(|a| a["event"] == "pusher_internal:subscription_succeeded")
+        .count();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a["event"] == "pusher:subscription_error")
+        .collect();
+    assert_eq!(ok, 4, "{answers:?}");
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    assert_eq!(data(refused[0])["status"], 429);
+    assert!(d.wait_logged("too many subscriptions"));
+    // The socket stays: a ping is still answered.
+    send(&mut ws, r#"{"event":"pusher:ping","data":{}}"#);
+    assert_eq!(text(&mut ws)["event"], "pusher:pong");
+}
+
+#[test]
 fn help_does_not_show_the_secret_from_the_environment() {
     let (_, out) = run_to_exit(
         &["--help"],

@@ -125,6 +125,26 @@ struct EnteredNote {
     answer: Result<Entered, Unavailable>,
 }
 
+/// The rate limits' one-second window: client events and subscriptions
+/// asked for in it.
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    events: u32,
+    subscribes: u16,
+}
+
+impl Window {
+    /// Start a new window when it is due.
+    fn roll(&mut self, now: Instant) {
+        if now.duration_since(self.start) >= Duration::from_secs(1) {
+            self.start = now;
+            self.events = 0;
+            self.subscribes = 0;
+        }
+    }
+}
+
 /// Per-connection state of a Pusher socket.
 #[derive(Debug)]
 pub struct Conn {
@@ -137,9 +157,8 @@ pub struct Conn {
     user: Option<Box<str>>,
     last_activity: Instant,
     ping_sent: bool,
-    /// Client events in the current one-second window.
-    events_in_window: u32,
-    window_start: Instant,
+    /// Client events and subscriptions in the current second.
+    window: Window,
 }
 
 /// Publish a Pusher frame (already complete JSON) on `topic`: the one
@@ -231,8 +250,11 @@ impl Pusher {
             user: None,
             last_activity: now,
             ping_sent: false,
-            events_in_window: 0,
-            window_start: now,
+            window: Window {
+                start: now,
+                events: 0,
+                subscribes: 0,
+            },
         }
     }
 
@@ -343,6 +365,23 @@ impl Pusher {
                 400,
             );
         }
+        // Each subscription costs the broker work (in a cluster, a Redis
+        // call): a connection may ask for at most its channel allowance per
+        // second, so a subscribe/unsubscribe loop cannot flood Redis.
+        c.window.roll(Instant::now());
+        if usize::from(c.window.subscribes) >= self.cfg.max_channels_per_conn {
+            return self.fail(
+                ctx,
+                &channel,
+                "LimitReached",
+                &format!(
+                    "too many subscriptions: at most {} per second",
+                    self.cfg.max_channels_per_conn
+                ),
+                429,
+            );
+        }
+        c.window.subscribes = c.window.subscribes.saturating_add(1);
         let kind = ChannelKind::of(&channel);
         if let Some(sub) = c.channels.iter().find(|s| *s.channel == *channel) {
             // pusher-js may resubscribe: a public or private channel is
@@ -769,12 +808,8 @@ impl Pusher {
         if data.len() > self.cfg.max_event_size + 2 {
             return reject(ctx, "event data too large");
         }
-        let now = Instant::now();
-        if now.duration_since(c.window_start) >= Duration::from_secs(1) {
-            c.window_start = now;
-            c.events_in_window = 0;
-        }
-        if c.events_in_window >= self.cfg.client_event_rate {
+        c.window.roll(Instant::now());
+        if c.window.events >= self.cfg.client_event_rate {
             return reject(
                 ctx,
                 &format!(
@@ -783,7 +818,7 @@ impl Pusher {
                 ),
             );
         }
-        c.events_in_window += 1;
+        c.window.events += 1;
         metrics::inc(&self.counters.client_events_total);
         let user = user.as_deref();
         let frame = protocol::event(&m.event, Some(channel), &data, user);
