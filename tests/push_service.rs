@@ -156,6 +156,35 @@ fn unsubscribe_stops_delivery_and_subscribe_errors() {
 }
 
 #[test]
+fn a_subscribe_loop_is_rate_limited() {
+    let d = Daemon::start(&["--workers", "1"]);
+    let (mut ws, _) = connect(&d, "");
+    // 300 subscribe/unsubscribe pairs, fast: they span at most two
+    // one-second windows of 128 subscriptions (the channel allowance).
+    let mut codes = std::collections::HashMap::new();
+    for i in 0..300 {
+        let r = op(
+            &mut ws,
+            serde_json::json!({"op":"subscribe","channel":"churn","id":i}),
+        );
+        let code = r["code"].as_str().unwrap_or("subscribed").to_string();
+        *codes.entry(code.clone()).or_insert(0) += 1;
+        if code == "subscribed" {
+            op(
+                &mut ws,
+                serde_json::json!({"op":"unsubscribe","channel":"churn"}),
+            );
+        } else {
+            assert_eq!(code, "rate_limited", "{r}");
+            // Each refusal is a strike: stop before the strikes close it.
+            break;
+        }
+    }
+    assert_eq!(codes.get("rate_limited"), Some(&1), "{codes:?}");
+    assert!(codes["subscribed"] >= 128, "{codes:?}");
+}
+
+#[test]
 fn client_publish_allowed_and_refused_by_pattern() {
     let d = Daemon::start(&["--workers", "2", "--client-publish", "chat.*"]);
     let (mut a, _) = connect(&d, "?channel=chat.room");

@@ -191,6 +191,10 @@ pub struct Session {
     /// counted (seconds on [`clock_secs`]).
     strikes: u32,
     strike_at: u32,
+    /// Subscriptions asked for in the second `subscribed_at` (seconds on
+    /// [`clock_secs`]): at most the channel allowance per second.
+    subscribed_at: u32,
+    subscribes: u16,
 }
 
 /// A subscription waiting for the broker: channel, the request's `id`, `since`.
@@ -221,12 +225,30 @@ struct SessionExtra {
 }
 
 /// Seconds since the first call (a process-wide coarse clock).
+/// Subscribe requests one connection may make per second (native and
+/// Pusher): its channel allowance, and at least 100. Each costs the broker
+/// work (in a cluster, Redis calls), so a subscribe loop must not run free.
+pub fn subscribe_rate(max_channels_per_conn: usize) -> usize {
+    max_channels_per_conn.max(100)
+}
+
 fn clock_secs() -> u32 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
 impl Session {
+    /// Count a subscription request: false past `max` in this second.
+    fn may_subscribe(&mut self, max: usize) -> bool {
+        let now = clock_secs();
+        if self.subscribed_at != now {
+            self.subscribed_at = now;
+            self.subscribes = 0;
+        }
+        self.subscribes = self.subscribes.saturating_add(1);
+        usize::from(self.subscribes) <= max
+    }
+
     /// Whether the connection's token allows `channel`.
     fn allows(&self, channel: &str) -> bool {
         self.extra
@@ -480,8 +502,16 @@ impl PushService {
             }
             Control::Subscribe(..) => {
                 let own = usize::from(s.user().is_some());
-                (ctx.subscriptions().saturating_sub(own) >= self.shared.cfg.max_channels_per_conn)
-                    .then_some(("too_many_channels", "subscription limit reached"))
+                let max = self.shared.cfg.max_channels_per_conn;
+                if ctx.subscriptions().saturating_sub(own) >= max {
+                    Some(("too_many_channels", "subscription limit reached"))
+                } else if !s.may_subscribe(subscribe_rate(max)) {
+                    // Each subscription costs the broker work (in a cluster,
+                    // Redis calls): a subscribe loop is refused and struck.
+                    Some(("rate_limited", "too many subscriptions per second"))
+                } else {
+                    None
+                }
             }
             Control::Unsubscribe(_) => None,
             Control::Publish(ch, _) => (!any_matches(&self.shared.cfg.client_publish, ch)
@@ -561,6 +591,8 @@ impl Handler for PushService {
                     kind: Kind::Pusher,
                     extra: Some(Box::new(extra)),
                     strikes: 0,
+                    subscribed_at: 0,
+                    subscribes: 0,
                     strike_at: 0,
                 });
             }
@@ -622,6 +654,8 @@ impl Handler for PushService {
             extra,
             strikes: 0,
             strike_at: clock_secs(),
+            subscribed_at: 0,
+            subscribes: 0,
         })
     }
 

@@ -365,19 +365,15 @@ impl Pusher {
                 400,
             );
         }
-        // Each subscription costs the broker work (in a cluster, a Redis
-        // call): a connection may ask for at most its channel allowance per
-        // second, so a subscribe/unsubscribe loop cannot flood Redis.
+        // A subscribe/unsubscribe loop must not flood the broker (Redis).
         c.window.roll(Instant::now());
-        if usize::from(c.window.subscribes) >= self.cfg.max_channels_per_conn {
+        let rate = crate::push::subscribe_rate(self.cfg.max_channels_per_conn);
+        if usize::from(c.window.subscribes) >= rate {
             return self.fail(
                 ctx,
                 &channel,
                 "LimitReached",
-                &format!(
-                    "too many subscriptions: at most {} per second",
-                    self.cfg.max_channels_per_conn
-                ),
+                &format!("too many subscriptions: at most {rate} per second"),
                 429,
             );
         }
