@@ -431,7 +431,16 @@ fn history_stays_bounded_under_concurrent_publishers() {
 /// still queued for its worker are not delivered (review finding).
 #[test]
 fn a_resubscriber_gets_nothing_from_the_previous_epoch() {
-    let d = Daemon::start(&["--workers", "2", "--history-size", "0"]);
+    // 400 resubscriptions as fast as they go: above the default subscribe
+    // rate (128 a second), so the allowance is raised to let them through.
+    let d = Daemon::start(&[
+        "--workers",
+        "2",
+        "--history-size",
+        "0",
+        "--max-channels-per-conn",
+        "1000",
+    ]);
     let addr = d.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let publishers: Vec<_> = (0..3)
