@@ -188,7 +188,7 @@ impl Target for std::net::SocketAddr {
     }
 }
 
-/// A signed request as the SDKs make it; `(status, body)`.
+/// A signed request of the app `app-key` as the SDKs make it; `(status, body)`.
 fn api(
     d: &impl Target,
     method: &str,
@@ -198,8 +198,23 @@ fn api(
     ts: u64,
     secret: &str,
 ) -> (u16, String) {
+    api_as(d, "app-key", method, path, params, body, ts, secret)
+}
+
+/// A signed request of the app `key` as the SDKs make it; `(status, body)`.
+#[allow(clippy::too_many_arguments)]
+fn api_as(
+    d: &impl Target,
+    key: &str,
+    method: &str,
+    path: &str,
+    params: &str,
+    body: &str,
+    ts: u64,
+    secret: &str,
+) -> (u16, String) {
     let mut q = vec![
-        "auth_key=app-key".to_string(),
+        format!("auth_key={key}"),
         format!("auth_timestamp={ts}"),
         "auth_version=1.0".to_string(),
     ];
@@ -357,7 +372,10 @@ fn start_refuses_bad_pusher_flags() {
             vec!["--pusher-app", APP, "--pusher-webhook", "https://x"],
             "only http://",
         ),
-        (vec!["--pusher-client-events"], "needs a --pusher-app"),
+        (
+            vec!["--pusher-client-events"],
+            "needs a --pusher-app or --pusher-apps-file",
+        ),
         (
             vec!["--pusher-app", APP, "--pusher-activity-timeout", "0s"],
             "at least 1s",
@@ -535,6 +553,135 @@ fn webhooks_are_retried_and_signed() {
         assert_eq!(v["events"][0]["channel"], "hooked");
     }
     assert!(d.wait_logged("pusher webhook to 127.0.0.1"));
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wspush-pusher-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Apps from `--pusher-apps-file` (here by its environment variable)
+/// beside a `--pusher-app`: pusher-js connects with the file's key, the
+/// HTTP API takes requests signed with the file's secret.
+#[test]
+fn apps_from_a_file() {
+    let dir = temp_dir("apps-file");
+    let file = dir.join("apps.json");
+    std::fs::write(
+        &file,
+        r#"{"apps": [{"id": "7", "key": "file-key", "secret": "file-secret-1x9"}]}"#,
+    )
+    .unwrap();
+    let d = Daemon::start_env(
+        "127.0.0.1:0",
+        &["--pusher-app", APP],
+        &[("WSPUSH_PUSHER_APPS_FILE", file.to_str().unwrap())],
+    );
+    let mut ws = ws(&d, "/app/file-key?protocol=7&client=js&version=8.4.0");
+    assert_eq!(text(&mut ws)["event"], "pusher:connection_established");
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"from-file"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let ev = r#"{"name":"e","data":"filed","channel":"from-file"}"#;
+    let wrong = api_as(
+        &d,
+        "file-key",
+        "POST",
+        "/apps/7/events",
+        "",
+        ev,
+        now(),
+        "app-secret",
+    );
+    assert_eq!(wrong.0, 401, "{wrong:?}");
+    let ok = api_as(
+        &d,
+        "file-key",
+        "POST",
+        "/apps/7/events",
+        "",
+        ev,
+        now(),
+        "file-secret-1x9",
+    );
+    assert_eq!(ok, (200, "{}".to_string()));
+    let got = text(&mut ws);
+    assert_eq!(
+        (got["event"].as_str(), got["data"].as_str()),
+        (Some("e"), Some("filed"))
+    );
+    // The flag's app still works too.
+    let _ = connect(&d);
+    assert!(d.wait_logged("pusher: apps 1, 7"), "{}", d.log_text());
+    assert!(!d.log_text().contains("file-secret-1x9"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bad `--pusher-apps-file` stops the start, naming the file and the
+/// problem (and never the secret).
+#[test]
+fn a_bad_apps_file_refuses_to_start() {
+    let dir = temp_dir("bad-apps-file");
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let app = r#"{"id":"7","key":"k7","secret":"hidden-s3cret"}"#;
+    for (name, text, flags, needle) in [
+        ("missing.json", None, vec![], "cannot read it"),
+        (
+            "syntax.json",
+            Some(r#"{"apps":[{"id":"7",}]}"#.to_string()),
+            vec![],
+            "trailing comma at line 1",
+        ),
+        (
+            "unknown.json",
+            Some(
+                r#"{"apps":[{"id":"7","key":"k7","secret":"hidden-s3cret","enabled":true}]}"#
+                    .to_string(),
+            ),
+            vec![],
+            "unknown field `enabled`",
+        ),
+        (
+            "empty-secret.json",
+            Some(r#"{"apps":[{"id":"7","key":"k7","secret":""}]}"#.to_string()),
+            vec![],
+            "7: the secret is empty",
+        ),
+        (
+            "dup.json",
+            Some(format!(r#"{{"apps":[{app}]}}"#)),
+            vec!["--pusher-app", "7:other:s"],
+            "app id 7 given twice",
+        ),
+        (
+            "dup-key.json",
+            Some(format!(r#"{{"apps":[{app}]}}"#)),
+            vec!["--pusher-app", "1:k7:s"],
+            "key k7 given twice",
+        ),
+    ] {
+        let file = path(name);
+        if let Some(text) = &text {
+            std::fs::write(&file, text).unwrap();
+        }
+        let mut args = flags.clone();
+        args.extend(["--listen", "127.0.0.1:0", "--pusher-apps-file", &file]);
+        let (status, out) = run_to_exit(&args, &[]);
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{name}: {out}");
+        assert!(
+            out.contains(&format!("--pusher-apps-file {file}: ")),
+            "{name}: {out}"
+        );
+        assert!(out.contains(needle), "{name}: {out}");
+        assert!(!out.contains("hidden-s3cret"), "{name}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With `--api-listen`, the Pusher API answers there (and still on the

@@ -435,8 +435,8 @@ impl Args {
             }
         }
         self.pusher.validate()?;
-        if !self.pusher.apps.is_empty() && !self.redis.is_empty() {
-            return Err("--pusher-app with --redis: the Pusher protocol runs on one node for now (its presence channels are not shared across nodes yet); run Pusher apps on a node without --redis".into());
+        if self.pusher.has_apps() && !self.redis.is_empty() {
+            return Err("--pusher-app (or --pusher-apps-file) with --redis: the Pusher protocol runs on one node for now (its presence channels are not shared across nodes yet); run Pusher apps on a node without --redis".into());
         }
         if self.api_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err("--api-listen must differ from --listen".into());
