@@ -11,7 +11,7 @@
 //! - [`sign`]: subscription, sign-in and HTTP request signatures.
 //! - [`presence`]: channel occupancy, presence members, signed-in users.
 //! - [`api`]: the HTTP API.
-//! - [`webhook`]: webhooks (a background sender).
+//! - [`webhook`]: webhooks to http:// or https:// (a background sender).
 
 pub mod api;
 pub mod app;
@@ -701,7 +701,7 @@ pub struct PusherArgs {
     )]
     pub pusher_max_presence_members: usize,
     /// POST webhooks (channel_occupied, channel_vacated, member_added,
-    /// member_removed, client_event) to this http:// URL.
+    /// member_removed, client_event) to this http:// or https:// URL.
     #[arg(long, env = "WSPUSH_PUSHER_WEBHOOK")]
     pub pusher_webhook: Option<String>,
     /// Apps from a JSON file, besides any --pusher-app:
@@ -709,7 +709,11 @@ pub struct PusherArgs {
     /// start (SIGHUP does not re-read it).
     #[arg(long, env = "WSPUSH_PUSHER_APPS_FILE")]
     pub pusher_apps_file: Option<std::path::PathBuf>,
-    /// The apps and webhook target, read once.
+    /// A PEM file of CA certificates trusted for an https://
+    /// --pusher-webhook, besides the system's root certificates.
+    #[arg(long, env = "WSPUSH_PUSHER_WEBHOOK_CA")]
+    pub pusher_webhook_ca: Option<std::path::PathBuf>,
+    /// The apps and webhook target, read once (the file, the CAs).
     #[arg(skip)]
     loaded: std::sync::OnceLock<Result<(Apps, Option<webhook::Target>), String>>,
 }
@@ -729,7 +733,13 @@ impl PusherArgs {
                 apps.load_file(path)?;
             }
             let target = match &self.pusher_webhook {
-                Some(url) => Some(webhook::Target::parse(url)?),
+                Some(url) => Some(webhook::Target::parse(
+                    url,
+                    self.pusher_webhook_ca.as_deref(),
+                )?),
+                None if self.pusher_webhook_ca.is_some() => {
+                    return Err("--pusher-webhook-ca needs an https:// --pusher-webhook".into())
+                }
                 None => None,
             };
             Ok((apps, target))
