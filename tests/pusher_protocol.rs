@@ -188,7 +188,7 @@ impl Target for std::net::SocketAddr {
     }
 }
 
-/// A signed request as the SDKs make it; `(status, body)`.
+/// A signed request of the app `app-key` as the SDKs make it; `(status, body)`.
 fn api(
     d: &impl Target,
     method: &str,
@@ -198,8 +198,23 @@ fn api(
     ts: u64,
     secret: &str,
 ) -> (u16, String) {
+    api_as(d, "app-key", method, path, params, body, ts, secret)
+}
+
+/// A signed request of the app `key` as the SDKs make it; `(status, body)`.
+#[allow(clippy::too_many_arguments)]
+fn api_as(
+    d: &impl Target,
+    key: &str,
+    method: &str,
+    path: &str,
+    params: &str,
+    body: &str,
+    ts: u64,
+    secret: &str,
+) -> (u16, String) {
     let mut q = vec![
-        "auth_key=app-key".to_string(),
+        format!("auth_key={key}"),
         format!("auth_timestamp={ts}"),
         "auth_version=1.0".to_string(),
     ];
@@ -354,10 +369,17 @@ fn start_refuses_bad_pusher_flags() {
             "given twice",
         ),
         (
-            vec!["--pusher-app", APP, "--pusher-webhook", "https://x"],
-            "only http://",
+            vec!["--pusher-app", APP, "--pusher-webhook", "ftp://x"],
+            "only http:// and https://",
         ),
-        (vec!["--pusher-client-events"], "needs a --pusher-app"),
+        (
+            vec!["--pusher-client-events"],
+            "needs a --pusher-app or --pusher-apps-file",
+        ),
+        (
+            vec!["--pusher-app", APP, "--pusher-webhook-ca", "ca.pem"],
+            "--pusher-webhook-ca needs an https:// --pusher-webhook",
+        ),
         (
             vec!["--pusher-app", APP, "--pusher-activity-timeout", "0s"],
             "at least 1s",
@@ -506,18 +528,35 @@ fn help_does_not_show_the_secret_from_the_environment() {
     assert!(!out.contains("very-secret-value"), "{out}");
 }
 
-/// A webhook receiver that fails first is retried: the same signed batch
-/// arrives again.
-#[test]
-fn webhooks_are_retried_and_signed() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+/// What a webhook receiver got: connections accepted, and the body and
+/// `X-Pusher-Signature` of each request read whole.
+#[derive(Debug, Default)]
+struct Received {
+    connections: usize,
+    requests: Vec<(String, String)>,
+}
+
+/// A webhook receiver on `listener`: each connection is turned by `wrap`
+/// into the stream HTTP is spoken on (TLS for https), the i-th request is
+/// answered with `status(i)`.
+fn webhook_receiver<S: std::io::Read + std::io::Write>(
+    listener: std::net::TcpListener,
+    wrap: impl Fn(std::net::TcpStream) -> S + Send + 'static,
+    status: impl Fn(usize) -> &'static str + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Received>> {
+    use std::io::{BufRead, BufReader, Read};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
     let got2 = got.clone();
     std::thread::spawn(move || {
-        for (i, s) in listener.incoming().flatten().enumerate() {
-            let mut r = BufReader::new(s.try_clone().unwrap());
+        for tcp in listener.incoming().flatten() {
+            got2.lock().unwrap().connections += 1;
+            let _ = tcp.set_read_timeout(Some(IO_TIMEOUT));
+            let mut s = wrap(tcp);
+            let mut r = BufReader::new(&mut s);
+            let mut request_line = String::new();
+            if r.read_line(&mut request_line).unwrap_or(0) == 0 {
+                continue; // No request (a failed TLS handshake).
+            }
             let (mut len, mut sig) = (0usize, String::new());
             loop {
                 let mut line = String::new();
@@ -533,44 +572,304 @@ fn webhooks_are_retried_and_signed() {
                 }
             }
             let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            got2.lock()
-                .unwrap()
-                .push((String::from_utf8_lossy(&body).into_owned(), sig));
-            let status = if i == 0 { "503 Busy" } else { "200 OK" };
-            let _ = (&s).write_all(
-                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let i = {
+                let mut g = got2.lock().unwrap();
+                g.requests
+                    .push((String::from_utf8_lossy(&body).into_owned(), sig));
+                g.requests.len() - 1
+            };
+            let answer = format!(
+                "HTTP/1.1 {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                status(i)
             );
+            let _ = s.write_all(answer.as_bytes());
+            let _ = s.flush();
         }
     });
-    let url = format!("http://127.0.0.1:{port}/hook");
-    let d = Daemon::start(&["--pusher-app", APP, "--pusher-webhook", &url]);
-    let (mut ws, _) = connect(&d);
+    got
+}
+
+/// A webhook batch: signed with the app's secret, one `channel_occupied`
+/// of `channel` first.
+fn assert_occupied_hook(body: &str, sig: &str, secret: &str, channel: &str) {
+    assert_eq!(sig, hmac(secret, body), "X-Pusher-Signature of {body}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert!(v["time_ms"].as_u64().is_some(), "{body}");
+    assert_eq!(v["events"][0]["name"], "channel_occupied", "{body}");
+    assert_eq!(v["events"][0]["channel"], channel, "{body}");
+}
+
+/// Subscribe a new socket of `app-key` to `channel` (a webhook follows).
+fn occupy(d: &Daemon, channel: &str) -> tungstenite::WebSocket<std::net::TcpStream> {
+    let (mut ws, _) = connect(d);
     send(
         &mut ws,
-        r#"{"event":"pusher:subscribe","data":{"channel":"hooked"}}"#,
+        &format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#),
     );
     assert_eq!(
         text(&mut ws)["event"],
         "pusher_internal:subscription_succeeded"
     );
+    ws
+}
+
+/// A webhook receiver that fails first is retried: the same signed batch
+/// arrives again.
+#[test]
+fn webhooks_are_retried_and_signed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = webhook_receiver(
+        listener,
+        |s| s,
+        |i| if i == 0 { "503 Busy" } else { "200 OK" },
+    );
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let d = Daemon::start(&["--pusher-app", APP, "--pusher-webhook", &url]);
+    let _ws = occupy(&d, "hooked");
     assert!(
-        wait_until(Duration::from_secs(10), || got.lock().unwrap().len() >= 2),
+        wait_until(Duration::from_secs(10), || got
+            .lock()
+            .unwrap()
+            .requests
+            .len()
+            >= 2),
         "no retry: {:?}\n{}",
         got.lock().unwrap(),
         d.log_text()
     );
     let got = got.lock().unwrap();
-    assert_eq!(got[0].0, got[1].0, "the same batch again");
-    for (body, sig) in got.iter() {
-        assert_eq!(*sig, hmac("app-secret", body), "X-Pusher-Signature");
-        let v: Value = serde_json::from_str(body).unwrap();
-        assert!(v["time_ms"].as_u64().is_some());
-        assert_eq!(v["events"][0]["name"], "channel_occupied");
-        assert_eq!(v["events"][0]["channel"], "hooked");
+    assert_eq!(got.requests[0].0, got.requests[1].0, "the same batch again");
+    for (body, sig) in &got.requests {
+        assert_occupied_hook(body, sig, "app-secret", "hooked");
     }
     assert!(d.wait_logged("pusher webhook to 127.0.0.1"));
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wspush-pusher-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An HTTPS webhook receiver (a rustls server with a certificate for
+/// 127.0.0.1 from a CA made here, `dir/ca.pem`); its port.
+fn https_receiver(dir: &std::path::Path) -> (u16, std::sync::Arc<std::sync::Mutex<Received>>) {
+    make_pki(dir);
+    let cfg = wspush::server::tls::server_config(&dir.join("cert.pem"), &dir.join("key.pem"))
+        .expect("server TLS config");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = webhook_receiver(
+        listener,
+        move |tcp| {
+            let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+            rustls::StreamOwned::new(conn, tcp)
+        },
+        |_| "200 OK",
+    );
+    (port, got)
+}
+
+/// An https:// webhook whose receiver's CA is given with
+/// `--pusher-webhook-ca`: delivered, signed.
+#[test]
+fn https_webhooks_with_an_extra_ca() {
+    let dir = temp_dir("https-ca");
+    let (port, got) = https_receiver(&dir);
+    let url = format!("https://127.0.0.1:{port}/hook");
+    let ca = dir.join("ca.pem");
+    let d = Daemon::start(&[
+        "--pusher-app",
+        APP,
+        "--pusher-webhook",
+        &url,
+        "--pusher-webhook-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let _ws = occupy(&d, "tls-hooked");
+    assert!(
+        wait_until(Duration::from_secs(10), || !got
+            .lock()
+            .unwrap()
+            .requests
+            .is_empty()),
+        "not delivered: {:?}\n{}",
+        got.lock().unwrap(),
+        d.log_text()
+    );
+    let got = got.lock().unwrap();
+    assert_occupied_hook(
+        &got.requests[0].0,
+        &got.requests[0].1,
+        "app-secret",
+        "tls-hooked",
+    );
+    assert!(!d.logged("invalid peer certificate"), "{}", d.log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without the CA, the receiver's certificate is refused: wspush connects
+/// (and retries) but never sends a request, and logs why once per streak.
+#[test]
+fn https_webhooks_refuse_an_unknown_ca() {
+    let dir = temp_dir("https-no-ca");
+    let (port, got) = https_receiver(&dir);
+    let url = format!("https://127.0.0.1:{port}/hook");
+    let d = Daemon::start(&["--pusher-app", APP, "--pusher-webhook", &url]);
+    let _ws = occupy(&d, "tls-refused");
+    assert!(
+        wait_until(Duration::from_secs(10), || got.lock().unwrap().connections
+            >= 3),
+        "no retries: {:?}\n{}",
+        got.lock().unwrap(),
+        d.log_text()
+    );
+    assert!(
+        d.wait_logged("invalid peer certificate: UnknownIssuer"),
+        "{}",
+        d.log_text()
+    );
+    let warned = d
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("invalid peer certificate"))
+        .count();
+    assert_eq!(warned, 1, "once per failure streak:\n{}", d.log_text());
+    assert!(
+        got.lock().unwrap().requests.is_empty(),
+        "{:?}",
+        got.lock().unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Apps from `--pusher-apps-file` (here by its environment variable)
+/// beside a `--pusher-app`: pusher-js connects with the file's key, the
+/// HTTP API takes requests signed with the file's secret.
+#[test]
+fn apps_from_a_file() {
+    let dir = temp_dir("apps-file");
+    let file = dir.join("apps.json");
+    std::fs::write(
+        &file,
+        r#"{"apps": [{"id": "7", "key": "file-key", "secret": "file-secret-1x9"}]}"#,
+    )
+    .unwrap();
+    let d = Daemon::start_env(
+        "127.0.0.1:0",
+        &["--pusher-app", APP],
+        &[("WSPUSH_PUSHER_APPS_FILE", file.to_str().unwrap())],
+    );
+    let mut ws = ws(&d, "/app/file-key?protocol=7&client=js&version=8.4.0");
+    assert_eq!(text(&mut ws)["event"], "pusher:connection_established");
+    send(
+        &mut ws,
+        r#"{"event":"pusher:subscribe","data":{"channel":"from-file"}}"#,
+    );
+    assert_eq!(
+        text(&mut ws)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let ev = r#"{"name":"e","data":"filed","channel":"from-file"}"#;
+    let wrong = api_as(
+        &d,
+        "file-key",
+        "POST",
+        "/apps/7/events",
+        "",
+        ev,
+        now(),
+        "app-secret",
+    );
+    assert_eq!(wrong.0, 401, "{wrong:?}");
+    let ok = api_as(
+        &d,
+        "file-key",
+        "POST",
+        "/apps/7/events",
+        "",
+        ev,
+        now(),
+        "file-secret-1x9",
+    );
+    assert_eq!(ok, (200, "{}".to_string()));
+    let got = text(&mut ws);
+    assert_eq!(
+        (got["event"].as_str(), got["data"].as_str()),
+        (Some("e"), Some("filed"))
+    );
+    // The flag's app still works too.
+    let _ = connect(&d);
+    assert!(d.wait_logged("pusher: apps 1, 7"), "{}", d.log_text());
+    assert!(!d.log_text().contains("file-secret-1x9"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bad `--pusher-apps-file` stops the start, naming the file and the
+/// problem (and never the secret).
+#[test]
+fn a_bad_apps_file_refuses_to_start() {
+    let dir = temp_dir("bad-apps-file");
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let app = r#"{"id":"7","key":"k7","secret":"hidden-s3cret"}"#;
+    for (name, text, flags, needle) in [
+        ("missing.json", None, vec![], "cannot read it"),
+        (
+            "syntax.json",
+            Some(r#"{"apps":[{"id":"7",}]}"#.to_string()),
+            vec![],
+            "trailing comma at line 1",
+        ),
+        (
+            "unknown.json",
+            Some(
+                r#"{"apps":[{"id":"7","key":"k7","secret":"hidden-s3cret","enabled":true}]}"#
+                    .to_string(),
+            ),
+            vec![],
+            "unknown field `enabled`",
+        ),
+        (
+            "empty-secret.json",
+            Some(r#"{"apps":[{"id":"7","key":"k7","secret":""}]}"#.to_string()),
+            vec![],
+            "7: the secret is empty",
+        ),
+        (
+            "dup.json",
+            Some(format!(r#"{{"apps":[{app}]}}"#)),
+            vec!["--pusher-app", "7:other:s"],
+            "app id 7 given twice",
+        ),
+        (
+            "dup-key.json",
+            Some(format!(r#"{{"apps":[{app}]}}"#)),
+            vec!["--pusher-app", "1:k7:s"],
+            "key k7 given twice",
+        ),
+    ] {
+        let file = path(name);
+        if let Some(text) = &text {
+            std::fs::write(&file, text).unwrap();
+        }
+        let mut args = flags.clone();
+        args.extend(["--listen", "127.0.0.1:0", "--pusher-apps-file", &file]);
+        let (status, out) = run_to_exit(&args, &[]);
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{name}: {out}");
+        assert!(
+            out.contains(&format!("--pusher-apps-file {file}: ")),
+            "{name}: {out}"
+        );
+        assert!(out.contains(needle), "{name}: {out}");
+        assert!(!out.contains("hidden-s3cret"), "{name}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With `--api-listen`, the Pusher API answers there (and still on the

@@ -10,30 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use tungstenite::Message as TMsg;
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-/// A CA and a certificate for `localhost` / 127.0.0.1 signed by it, as PEM
-/// files in `dir`; returns the CA certificate (DER).
-fn make_pki(dir: &Path) -> CertificateDer<'static> {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    std::fs::write(dir.join("cert.pem"), leaf_cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
-    ca_cert.der().clone()
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("wspush-tls-{}-{name}", std::process::id()))

@@ -6,12 +6,12 @@
 //! (`pusher/{app id}/{channel}`), so they never mix with `/ws` channels or
 //! with another app's. Every publication goes through [`publish`].
 //!
-//! - [`app`]: apps (`--pusher-app ID:KEY:SECRET`).
+//! - [`app`]: apps (`--pusher-app ID:KEY:SECRET`, `--pusher-apps-file`).
 //! - [`protocol`]: messages, channel names, error and close codes.
 //! - [`sign`]: subscription, sign-in and HTTP request signatures.
 //! - [`presence`]: channel occupancy, presence members, signed-in users.
 //! - [`api`]: the HTTP API.
-//! - [`webhook`]: webhooks (a background sender).
+//! - [`webhook`]: webhooks to http:// or https:// (a background sender).
 
 pub mod api;
 pub mod app;
@@ -933,16 +933,54 @@ pub struct PusherArgs {
     )]
     pub pusher_max_presence_members: usize,
     /// POST webhooks (channel_occupied, channel_vacated, member_added,
-    /// member_removed, client_event) to this http:// URL.
+    /// member_removed, client_event) to this http:// or https:// URL.
     #[arg(long, env = "WSPUSH_PUSHER_WEBHOOK")]
     pub pusher_webhook: Option<String>,
+    /// Apps from a JSON file, besides any --pusher-app:
+    /// `{"apps":[{"id":"1","key":"KEY","secret":"SECRET"}]}`. Read once at
+    /// start (SIGHUP does not re-read it).
+    #[arg(long, env = "WSPUSH_PUSHER_APPS_FILE")]
+    pub pusher_apps_file: Option<std::path::PathBuf>,
+    /// A PEM file of CA certificates trusted for an https://
+    /// --pusher-webhook, besides the system's root certificates.
+    #[arg(long, env = "WSPUSH_PUSHER_WEBHOOK_CA")]
+    pub pusher_webhook_ca: Option<std::path::PathBuf>,
+    /// The apps and webhook target, read once (the file, the CAs).
+    #[arg(skip)]
+    loaded: std::sync::OnceLock<Result<(Apps, Option<webhook::Target>), String>>,
 }
 
 #[cfg(feature = "daemon")]
 impl PusherArgs {
+    /// Whether any app is configured (by flag or file).
+    pub fn has_apps(&self) -> bool {
+        !self.apps.is_empty() || self.pusher_apps_file.is_some()
+    }
+
+    /// The apps and the webhook target, read and checked on the first call.
+    fn load(&self) -> &Result<(Apps, Option<webhook::Target>), String> {
+        self.loaded.get_or_init(|| {
+            let mut apps = Apps::parse(&self.apps)?;
+            if let Some(path) = &self.pusher_apps_file {
+                apps.load_file(path)?;
+            }
+            let target = match &self.pusher_webhook {
+                Some(url) => Some(webhook::Target::parse(
+                    url,
+                    self.pusher_webhook_ca.as_deref(),
+                )?),
+                None if self.pusher_webhook_ca.is_some() => {
+                    return Err("--pusher-webhook-ca needs an https:// --pusher-webhook".into())
+                }
+                None => None,
+            };
+            Ok((apps, target))
+        })
+    }
+
     /// Check the flags (as the start does).
     pub fn validate(&self) -> Result<(), String> {
-        Apps::parse(&self.apps)?;
+        self.load().clone()?;
         if self.pusher_activity_timeout < Duration::from_secs(1) {
             return Err("--pusher-activity-timeout must be at least 1s".into());
         }
@@ -955,21 +993,18 @@ impl PusherArgs {
         if self.pusher_max_event_size == 0 {
             return Err("--pusher-max-event-size must be more than 0 bytes".into());
         }
-        if let Some(url) = &self.pusher_webhook {
-            webhook::Target::parse(url)?;
-            if self.apps.is_empty() {
-                return Err("--pusher-webhook needs a --pusher-app".into());
-            }
+        if self.pusher_webhook.is_some() && !self.has_apps() {
+            return Err("--pusher-webhook needs a --pusher-app or --pusher-apps-file".into());
         }
-        if self.apps.is_empty() && self.pusher_client_events {
-            return Err("--pusher-client-events needs a --pusher-app".into());
+        if !self.has_apps() && self.pusher_client_events {
+            return Err("--pusher-client-events needs a --pusher-app or --pusher-apps-file".into());
         }
         Ok(())
     }
 
     /// The service these (validated) flags describe; None without apps.
     pub fn build(&self, max_channels_per_conn: usize) -> Option<Arc<Pusher>> {
-        let apps = Apps::parse(&self.apps).ok()?;
+        let (apps, webhook) = self.load().clone().ok()?;
         if apps.all().is_empty() {
             return None;
         }
@@ -992,10 +1027,7 @@ impl PusherArgs {
             max_event_size: self.pusher_max_event_size,
             max_channels_per_conn,
             max_presence_members: self.pusher_max_presence_members,
-            webhook: self
-                .pusher_webhook
-                .as_deref()
-                .and_then(|u| webhook::Target::parse(u).ok()),
+            webhook,
         }))
     }
 }
