@@ -649,6 +649,118 @@ fn webhooks_are_retried_and_signed() {
     assert!(d.wait_logged("pusher webhook to 127.0.0.1"));
 }
 
+/// Subscribe a new socket of `app-key` to presence `channel` as `user`.
+fn join_presence(
+    d: &Daemon,
+    channel: &str,
+    user: &str,
+) -> tungstenite::WebSocket<std::net::TcpStream> {
+    let (mut ws, sid) = connect(d);
+    let cd = format!(r#"{{"user_id":"{user}","user_info":{{"n":"{user}"}}}}"#);
+    let sig = hmac("app-secret", &format!("{sid}:{channel}:{cd}"));
+    let msg = serde_json::json!({"event":"pusher:subscribe","data":{
+        "channel":channel,"auth":format!("app-key:{sig}"),"channel_data":cd}});
+    send(&mut ws, &msg.to_string());
+    loop {
+        let v = text(&mut ws);
+        if v["event"] == "pusher_internal:subscription_succeeded" {
+            return ws;
+        }
+        assert!(v["event"] != "pusher:subscription_error", "{v}");
+    }
+}
+
+/// Two nodes on one Redis: the webhooks tell the cluster's story once —
+/// one `channel_occupied`, a member added once however many nodes hold
+/// it, a dead node's user removed by the survivor, one `channel_vacated`.
+#[test]
+fn webhooks_across_two_nodes_report_the_cluster_once() {
+    if !common::redis::available() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = webhook_receiver(listener, |s| s, |_| "200 OK");
+    let events = || -> Vec<(String, String)> {
+        got.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .flat_map(|(body, _)| {
+                let v: Value = serde_json::from_str(body).unwrap();
+                v["events"].as_array().cloned().unwrap_or_default()
+            })
+            .map(|e| {
+                let user = e["user_id"].as_str().unwrap_or("").to_string();
+                (e["name"].as_str().unwrap().to_string(), user)
+            })
+            .collect()
+    };
+    let has = |name: &str, user: &str| events().iter().any(|(n, u)| n == name && u == user);
+    let r = common::redis::Redis::start();
+    let (url, hook) = (r.url(), format!("http://127.0.0.1:{port}/hook"));
+    let args = [
+        "--pusher-app",
+        APP,
+        "--pusher-webhook",
+        hook.as_str(),
+        "--redis",
+        url.as_str(),
+        "--presence-lease",
+        "3s",
+    ];
+    let a = Daemon::start(&args);
+    let mut b = Daemon::start(&args);
+    let mut x = join_presence(&a, "presence-w", "1");
+    let _y = join_presence(&b, "presence-w", "2");
+    let _x2 = join_presence(&b, "presence-w", "1");
+    let limit = Duration::from_secs(15);
+    assert!(
+        wait_until(limit, || has("member_added", "1")
+            && has("member_added", "2")),
+        "{:?}",
+        events()
+    );
+    // Node B dies without a word: node A's renewal removes its share.
+    b.child.kill().unwrap();
+    assert!(
+        wait_until(limit, || has("member_removed", "2")),
+        "{:?}\n{}",
+        events(),
+        a.log_text()
+    );
+    // Alice's last connection (on A) leaves: removed, then vacated.
+    x.close(None).unwrap();
+    let _ = x.flush();
+    assert!(
+        wait_until(limit, || has("channel_vacated", "")),
+        "{:?}",
+        events()
+    );
+    let mut all = events();
+    let vacated_last = all.last().cloned();
+    all.sort();
+    let want: Vec<(String, String)> = [
+        ("channel_occupied", ""),
+        ("channel_vacated", ""),
+        ("member_added", "1"),
+        ("member_added", "2"),
+        ("member_removed", "1"),
+        ("member_removed", "2"),
+    ]
+    .iter()
+    .map(|(n, u)| (n.to_string(), u.to_string()))
+    .collect();
+    assert_eq!(all, want, "each change once, cluster-wide");
+    assert_eq!(
+        vacated_last,
+        Some(("channel_vacated".into(), String::new()))
+    );
+    for (body, sig) in &got.lock().unwrap().requests {
+        assert_eq!(*sig, hmac("app-secret", body));
+    }
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("wspush-pusher-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
