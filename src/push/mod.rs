@@ -191,10 +191,6 @@ pub struct Session {
     /// counted (seconds on [`clock_secs`]).
     strikes: u32,
     strike_at: u32,
-    /// Subscriptions asked for in the second `subscribed_at` (seconds on
-    /// [`clock_secs`]): at most the channel allowance per second.
-    subscribed_at: u32,
-    subscribes: u16,
 }
 
 /// A subscription waiting for the broker: channel, the request's `id`, `since`.
@@ -225,6 +221,33 @@ struct SessionExtra {
 }
 
 /// Seconds since the first call (a process-wide coarse clock).
+/// Subscribe requests of this worker's connections in the current second:
+/// only connections that asked this second have an entry, so an idle
+/// connection costs nothing here.
+#[derive(Debug, Default, Clone)]
+struct SubscribeCounts {
+    second: u32,
+    counts: std::collections::HashMap<ConnId, u16>,
+}
+
+impl SubscribeCounts {
+    /// Count one request of `conn`: false past `rate` this second.
+    fn admit(&mut self, conn: ConnId, rate: usize) -> bool {
+        let now = clock_secs();
+        if now != self.second {
+            self.second = now;
+            if self.counts.capacity() > 1024 {
+                self.counts = Default::default();
+            } else {
+                self.counts.clear();
+            }
+        }
+        let n = self.counts.entry(conn).or_insert(0);
+        *n = n.saturating_add(1);
+        usize::from(*n) <= rate
+    }
+}
+
 /// Subscribe requests one connection may make per second (native and
 /// Pusher): its channel allowance, and at least 100. Each costs the broker
 /// work (in a cluster, Redis calls), so a subscribe loop must not run free.
@@ -238,17 +261,6 @@ fn clock_secs() -> u32 {
 }
 
 impl Session {
-    /// Count a subscription request: false past `max` in this second.
-    fn may_subscribe(&mut self, max: usize) -> bool {
-        let now = clock_secs();
-        if self.subscribed_at != now {
-            self.subscribed_at = now;
-            self.subscribes = 0;
-        }
-        self.subscribes = self.subscribes.saturating_add(1);
-        usize::from(self.subscribes) <= max
-    }
-
     /// Whether the connection's token allows `channel`.
     fn allows(&self, channel: &str) -> bool {
         self.extra
@@ -332,6 +344,8 @@ pub struct PushService {
     /// The handle of the server running this service (where deferred
     /// answers to its HTTP requests go); `handle` unless `api_only`.
     own: Handle,
+    /// Subscribe requests in the current second ([`subscribe_rate`]).
+    subscribes: std::cell::RefCell<SubscribeCounts>,
 }
 
 impl PushService {
@@ -342,6 +356,7 @@ impl PushService {
             own: handle.clone(),
             handle,
             api_only: false,
+            subscribes: Default::default(),
         }
     }
 
@@ -352,6 +367,7 @@ impl PushService {
             handle: main,
             api_only: true,
             own,
+            subscribes: Default::default(),
         }
     }
 
@@ -505,7 +521,11 @@ impl PushService {
                 let max = self.shared.cfg.max_channels_per_conn;
                 if ctx.subscriptions().saturating_sub(own) >= max {
                     Some(("too_many_channels", "subscription limit reached"))
-                } else if !s.may_subscribe(subscribe_rate(max)) {
+                } else if !self
+                    .subscribes
+                    .borrow_mut()
+                    .admit(ctx.id(), subscribe_rate(max))
+                {
                     // Each subscription costs the broker work (in a cluster,
                     // Redis calls): a subscribe loop is refused and struck.
                     Some(("rate_limited", "too many subscriptions per second"))
@@ -591,8 +611,6 @@ impl Handler for PushService {
                     kind: Kind::Pusher,
                     extra: Some(Box::new(extra)),
                     strikes: 0,
-                    subscribed_at: 0,
-                    subscribes: 0,
                     strike_at: 0,
                 });
             }
@@ -654,8 +672,6 @@ impl Handler for PushService {
             extra,
             strikes: 0,
             strike_at: clock_secs(),
-            subscribed_at: 0,
-            subscribes: 0,
         })
     }
 
