@@ -172,6 +172,25 @@ struct Call<'a> {
 type Asked = Vec<(String, String)>;
 
 impl Call<'_> {
+    /// The answer made by `render` from `channel`'s presence (now, or when
+    /// the broker answers); 503 if the broker cannot tell.
+    fn presence(
+        &self,
+        channel: &str,
+        render: impl Fn(&Presence) -> Response + Send + Clone + 'static,
+    ) -> Response {
+        let t = topic(self.app, channel);
+        let events = self.p.events(self.app);
+        self.handle.answer(
+            self.conn,
+            |later| self.handle.broker().presence(&t, events, later),
+            move |r| match r {
+                Ok(pr) => render(&pr),
+                Err(e) => unavailable(&e),
+            },
+        )
+    }
+
     /// Read the presence of each asked channel (the broker may answer
     /// later), then `finish` with `(channel, attributes JSON)` in order.
     /// 503 if any read fails.
@@ -436,28 +455,16 @@ fn channel(call: &Call<'_>, name: &str, info: &str) -> Response {
     if !presence && info.split(',').any(|a| a.trim() == "user_count") {
         return err(400, "user_count is only available on presence channels");
     }
-    let (name, info) = (name.to_string(), info.to_string());
-    let t = topic(call.app, &name);
-    call.handle.answer(
-        call.conn,
-        |later| {
-            call.handle
-                .broker()
-                .presence(&t, call.p.events(call.app), later)
-        },
-        move |r| match r {
-            Ok(pr) => {
-                let attrs = attributes(&name, &info, &pr);
-                let attrs = attrs.trim_start_matches('{').trim_end_matches('}');
-                let sep = if attrs.is_empty() { "" } else { "," };
-                Response::json(
-                    200,
-                    format!("{{\"occupied\":{}{sep}{attrs}}}", pr.subscribers > 0),
-                )
-            }
-            Err(e) => unavailable(&e),
-        },
-    )
+    let (channel, info) = (name.to_string(), info.to_string());
+    call.presence(name, move |pr| {
+        let attrs = attributes(&channel, &info, pr);
+        let attrs = attrs.trim_start_matches('{').trim_end_matches('}');
+        let sep = if attrs.is_empty() { "" } else { "," };
+        Response::json(
+            200,
+            format!("{{\"occupied\":{}{sep}{attrs}}}", pr.subscribers > 0),
+        )
+    })
 }
 
 fn users(call: &Call<'_>, name: &str) -> Response {
@@ -467,26 +474,14 @@ fn users(call: &Call<'_>, name: &str) -> Response {
     if ChannelKind::of(name) != ChannelKind::Presence {
         return err(400, "users are only listed for presence channels");
     }
-    let t = topic(call.app, name);
-    call.handle.answer(
-        call.conn,
-        |later| {
-            call.handle
-                .broker()
-                .presence(&t, call.p.events(call.app), later)
-        },
-        |r| match r {
-            Ok(pr) => {
-                let list: Vec<String> = pr
-                    .members
-                    .iter()
-                    .map(|m| format!("{{\"id\":{}}}", json_str(&m.user)))
-                    .collect();
-                Response::json(200, format!("{{\"users\":[{}]}}", list.join(",")))
-            }
-            Err(e) => unavailable(&e),
-        },
-    )
+    call.presence(name, |pr| {
+        let list: Vec<String> = pr
+            .members
+            .iter()
+            .map(|m| format!("{{\"id\":{}}}", json_str(&m.user)))
+            .collect();
+        Response::json(200, format!("{{\"users\":[{}]}}", list.join(",")))
+    })
 }
 
 /// Close every connection signed in as the user, on every node: a
