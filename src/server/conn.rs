@@ -4,7 +4,7 @@ use mio::net::TcpStream;
 
 use super::handler::CloseReason;
 use super::outbuf::OutQueue;
-use super::topics::Sub;
+use super::topics::NO_SUBS;
 use crate::protocol::{Decoder, RequestParser};
 
 /// Where a connection is in its life.
@@ -76,7 +76,9 @@ pub(crate) struct Conn {
     pub decoder: Decoder,
     pub out: OutQueue,
     pub http: Option<Box<HttpState>>,
-    pub subs: Vec<Sub>,
+    /// Its subscriptions: a handle into the worker's
+    /// [`SubLists`](super::topics::SubLists), `NO_SUBS` when it has none.
+    pub subs: u32,
     /// TLS state, when the server has a certificate.
     #[cfg(feature = "tls")]
     pub tls: Option<Box<rustls::ServerConnection>>,
@@ -95,7 +97,7 @@ impl Conn {
             decoder: Decoder::new(),
             out: OutQueue::default(),
             http: None,
-            subs: Vec::new(),
+            subs: NO_SUBS,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -116,6 +118,7 @@ mod tests {
         let dec = std::mem::size_of::<Decoder>();
         let out = std::mem::size_of::<OutQueue>();
         eprintln!("Conn {size} B (decoder {dec} B, out queue {out} B)");
-        assert!(size <= 96, "Conn grew to {size} bytes");
+        // Every idle connection holds one (in the worker's slab).
+        assert!(size <= 64, "Conn grew to {size} bytes");
     }
 }

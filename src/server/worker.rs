@@ -108,7 +108,7 @@ impl<H: Handler> Worker<H> {
             core,
             app: App {
                 handler,
-                states: Vec::new(),
+                states: Vec::with_capacity(super::timers::reserve_for::<Option<H::Conn>>()),
             },
             readbuf: vec![0; cfg.read_buffer.max(4096)],
             listener,
@@ -634,7 +634,7 @@ impl<H: Handler> Loop<H> {
             }
             self.core.deflate.forget(key);
             let mut c = self.core.conns.remove(key);
-            for sub in mem::take(&mut c.subs) {
+            for sub in self.core.subs.take(&mut c.subs) {
                 self.core.drop_sub(sub);
             }
             c.out.clear(&mut self.core.pool);
