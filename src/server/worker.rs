@@ -411,7 +411,7 @@ impl<H: Handler> Loop<H> {
         if leftover && !self.core.paused(key) {
             let before = self.core.held(key);
             if let Some(hs) = self.core.conns.get_mut(key).and_then(|c| c.http.take()) {
-                self.app.serve_http(&mut self.core, key, hs);
+                self.app.serve_http(&mut self.core, key, hs, &mut []);
             }
             self.core.settle_pending(key, before);
         }
@@ -444,9 +444,7 @@ impl<H: Handler> Loop<H> {
                     core.kill(key, None);
                     return After::Stop;
                 };
-                let mut hs = hs;
-                hs.buf.extend_from_slice(bytes);
-                app.serve_http(core, key, hs);
+                app.serve_http(core, key, hs, bytes);
                 core.settle_pending(key, before);
                 match core.conns.get(key).map(|c| c.phase) {
                     Some(Phase::Http) => After::More,
