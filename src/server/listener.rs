@@ -20,10 +20,17 @@ fn socket(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result<std::n
         s.set_reuse_port(true)?;
     }
     s.set_nonblocking(true)?;
+    // Linux hands TCP_NODELAY down to every accepted socket: one
+    // `setsockopt` here instead of one per connection.
+    s.set_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog)?;
     Ok(s.into())
 }
+
+/// Whether accepted sockets inherit TCP_NODELAY from the listener (so the
+/// worker need not set it on each).
+pub(crate) const NODELAY_INHERITED: bool = cfg!(target_os = "linux");
 
 /// Make sure no other socket listens on `addr`, and fix its port (port 0
 /// becomes the free port the kernel picks).
@@ -329,6 +336,21 @@ mod tests {
             )
             .unwrap(),
             0
+        );
+    }
+
+    /// Accepted sockets have TCP_NODELAY without a `setsockopt` of their
+    /// own: the listener's is inherited.
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        const { assert!(NODELAY_INHERITED) };
+        let l = socket("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(
+            a.nodelay().unwrap(),
+            "TCP_NODELAY inherited from the listener"
         );
     }
 

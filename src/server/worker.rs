@@ -326,7 +326,9 @@ impl<H: Handler> Loop<H> {
         if core.draining || core.conns.len() >= MAX_KEY {
             return;
         }
-        let _ = stream.set_nodelay(true);
+        if !super::listener::NODELAY_INHERITED {
+            let _ = stream.set_nodelay(true);
+        }
         let hub = core.handle.hub().clone();
         let over = hub.open.fetch_add(1, Ordering::Relaxed) >= core.cfg.max_connections;
         if over {
@@ -636,6 +638,10 @@ impl<H: Handler> Loop<H> {
                 self.core.drop_sub(sub);
             }
             c.out.clear(&mut self.core.pool);
+            // No `deregister`: closing the socket (dropping `c`; nothing
+            // holds a duplicate of it) removes it from the epoll set, so an
+            // `epoll_ctl` per connection is saved. Other systems are told.
+            #[cfg(not(target_os = "linux"))]
             let _ = self.core.registry.deregister(&mut c.stream);
             if flags & COUNTED != 0 {
                 self.core.handle.hub().open.fetch_sub(1, Ordering::Relaxed);
