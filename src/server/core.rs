@@ -658,7 +658,7 @@ impl Core {
             return;
         }
         if c.close_reason.is_none() {
-            c.close_reason = reason;
+            c.close_reason.set(reason);
         }
         c.phase = Phase::Dead;
         self.dead.push(key as u32);

@@ -601,7 +601,7 @@ impl<H: Handler> Loop<H> {
             let Some(c) = self.core.conns.get(key) else {
                 continue;
             };
-            let reason = c.close_reason;
+            let reason = c.close_reason.get();
             let flags = c.flags;
             let id = ConnId::new(self.core.index, key, c.generation);
             if flags & UPGRADED != 0 {
