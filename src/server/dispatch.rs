@@ -97,29 +97,40 @@ impl<H: Handler> App<H> {
         fresh: &mut [u8],
     ) {
         let cfg = core.cfg.clone();
-        let mut kept;
-        let input: &mut [u8] = if hs.buf.is_empty() {
-            fresh
-        } else {
+        // Bytes kept from earlier reads: the new ones are appended to them
+        // (amortized, as a request trickling in byte by byte must not cost
+        // a copy of all it sent so far per read).
+        let from_kept = !hs.buf.is_empty();
+        let mut kept = Vec::new();
+        if from_kept {
             hs.buf.extend_from_slice(fresh);
             kept = mem::take(&mut hs.buf);
-            &mut kept
-        };
-        // Keep the unserved rest of the input in `hs.buf` (its parser state
-        // counts from the rest's start) and give `hs` back to the connection.
-        let keep = |core: &mut Core, mut hs: Box<HttpState>, rest: &[u8]| {
-            hs.buf.clear();
-            hs.buf.extend_from_slice(rest);
-            if let Some(c) = core.conns.get_mut(key) {
-                c.http = Some(hs);
-            }
-        };
+        }
+        let input: &mut [u8] = if from_kept { &mut kept } else { &mut *fresh };
+        // Keep the unserved rest of the input, from `$off`, in `hs.buf` (its
+        // parser state counts from the rest's start) and give `hs` back to
+        // the connection.
+        macro_rules! keep_rest {
+            ($off:expr) => {{
+                let off = $off;
+                if from_kept {
+                    kept.drain(..off);
+                    hs.buf = kept;
+                } else {
+                    hs.buf.extend_from_slice(&fresh[off..]);
+                }
+                if let Some(c) = core.conns.get_mut(key) {
+                    c.http = Some(hs);
+                }
+                return;
+            }};
+        }
         // Start of the current request in `input` (pipelined requests are
         // served in place).
         let mut off = 0;
         if hs.awaiting.is_some() {
             // An answer is still to come: serve nothing more before it.
-            return keep(core, hs, input);
+            keep_rest!(0);
         }
         loop {
             let (req, consumed) = match hs.parser.parse(&cfg.http, &input[off..]) {
@@ -143,7 +154,7 @@ impl<H: Handler> App<H> {
                             }
                         }
                     }
-                    return keep(core, hs, &input[off..]);
+                    keep_rest!(off);
                 }
                 Err(e) => return self.refuse(core, key, e),
             };
@@ -165,7 +176,7 @@ impl<H: Handler> App<H> {
                     off += consumed;
                     hs.parser.reset();
                     hs.head_checked = false;
-                    return keep(core, hs, &input[off..]);
+                    keep_rest!(off);
                 }
                 let keep_alive = req.keep_alive() && !resp.close && !core.draining;
                 core.respond(key, &resp, !keep_alive);
@@ -181,7 +192,7 @@ impl<H: Handler> App<H> {
                     // Pipelined requests whose answers are not being read:
                     // keep the rest for when the queue has drained.
                     log::debug!("conn {id}: pipelined answers over the buffer limit, pausing");
-                    return keep(core, hs, &input[off..]);
+                    keep_rest!(off);
                 }
                 continue;
             }
