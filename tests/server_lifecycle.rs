@@ -226,3 +226,64 @@ fn out_of_file_descriptors_pauses_accepting_without_dying_or_spinning() {
         "accept errors {errors}: the worker must pause, not spin"
     );
 }
+
+/// With a handshake timeout no longer than the first heartbeat, an open
+/// connection's handshake deadline entry doubles as its first heartbeat
+/// check (one timer entry per idle connection instead of two): a silent
+/// peer must still be pinged and then closed as idle, and a live one kept
+/// through several checks.
+#[test]
+fn heartbeats_run_when_the_handshake_deadline_does_the_first_check() {
+    use std::time::Instant;
+    use wspush::protocol::OpCode;
+    let d = Daemon::start(&[
+        "--workers",
+        "1",
+        "--handshake-timeout",
+        "300ms",
+        "--ping-interval",
+        "500ms",
+        "--idle-timeout",
+        "1500ms",
+    ]);
+    // A live client answers every ping (tungstenite does while it reads):
+    // it must stay open through more than the idle timeout, and echo.
+    let mut live = ws(&d, "/echo");
+    let reader = std::thread::spawn(move || {
+        let mut pings = 0;
+        while pings < 4 {
+            match read_msg(&mut live).expect("live client kept") {
+                TMsg::Ping(_) => pings += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        live.send(TMsg::text("still here")).unwrap();
+        loop {
+            match read_msg(&mut live).expect("live client kept") {
+                TMsg::Ping(_) => {}
+                TMsg::Text(t) => return t.as_str().to_string(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut silent = RawWs::connect(d.addr, "/echo");
+    // The silent peer never sends a byte: pinged, then closed with 1001.
+    let mut pings = 0;
+    let code = loop {
+        match silent.next() {
+            Some((OpCode::Ping, _)) => pings += 1,
+            Some((OpCode::Close, p)) => break u16::from_be_bytes([p[0], p[1]]),
+            Some(other) => panic!("unexpected frame {other:?}"),
+            None => panic!("the silent peer was never closed as idle"),
+        }
+    };
+    assert_eq!(code, 1001, "closed as idle");
+    assert!(pings >= 1, "pinged before the idle close");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1400),
+        "not closed before its idle timeout ({:?})",
+        start.elapsed()
+    );
+    assert_eq!(reader.join().unwrap(), "still here");
+}

@@ -59,26 +59,27 @@ pub fn validate<'c>(
     if req.minor_version < 1 {
         return Err(HttpError::UpgradeRequiresHttp11);
     }
-    if !matches!(req.header("host"), Some(h) if !h.is_empty()) {
+    let h = UpgradeHeaders::scan(req);
+    if !matches!(h.host, Some(v) if !v.is_empty()) {
         return Err(HttpError::MissingHost);
     }
-    if !req.has_token("upgrade", "websocket") {
+    if !h.upgrade_websocket {
         return Err(HttpError::NotWebSocketUpgrade);
     }
-    if !req.has_token("connection", "upgrade") {
+    if !h.connection_upgrade {
         return Err(HttpError::MissingConnectionUpgrade);
     }
-    if req.header("sec-websocket-version") != Some(b"13") {
+    if h.version != Some(b"13") {
         return Err(HttpError::UnsupportedWebSocketVersion);
     }
-    let key = req.header("sec-websocket-key").ok_or(HttpError::BadKey)?;
+    let key = h.key.ok_or(HttpError::BadKey)?;
     let mut decoded = [0u8; 18];
     match STANDARD.decode_slice(key, &mut decoded) {
         Ok(16) => {}
         _ => return Err(HttpError::BadKey),
     }
     if !cfg.origins.is_empty() {
-        if let Some(origin) = req.header("origin") {
+        if let Some(origin) = h.origin {
             if !cfg
                 .origins
                 .iter()
@@ -92,6 +93,53 @@ pub fn validate<'c>(
         accept: accept_key(key),
         protocol: choose_protocol(req, cfg),
     })
+}
+
+/// What [`validate`] reads from the headers, gathered in one pass over them
+/// (instead of one per header it asks about): the first value of each
+/// single-valued header, and whether any `Upgrade` / `Connection` header
+/// holds the token.
+#[derive(Default)]
+struct UpgradeHeaders<'a> {
+    host: Option<&'a [u8]>,
+    origin: Option<&'a [u8]>,
+    key: Option<&'a [u8]>,
+    version: Option<&'a [u8]>,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+}
+
+impl<'a> UpgradeHeaders<'a> {
+    fn scan(req: &Request<'a>) -> Self {
+        let has = |v: &[u8], token: &[u8]| tokens(v).any(|t| t.eq_ignore_ascii_case(token));
+        let mut h = UpgradeHeaders::default();
+        for x in &req.headers {
+            let n = x.name.as_bytes();
+            // The length first: most names are then skipped at once.
+            match n.len() {
+                4 if n.eq_ignore_ascii_case(b"host") => {
+                    h.host.get_or_insert(x.value);
+                }
+                6 if n.eq_ignore_ascii_case(b"origin") => {
+                    h.origin.get_or_insert(x.value);
+                }
+                7 if n.eq_ignore_ascii_case(b"upgrade") => {
+                    h.upgrade_websocket |= has(x.value, b"websocket");
+                }
+                10 if n.eq_ignore_ascii_case(b"connection") => {
+                    h.connection_upgrade |= has(x.value, b"upgrade");
+                }
+                17 if n.eq_ignore_ascii_case(b"sec-websocket-key") => {
+                    h.key.get_or_insert(x.value);
+                }
+                21 if n.eq_ignore_ascii_case(b"sec-websocket-version") => {
+                    h.version.get_or_insert(x.value);
+                }
+                _ => {}
+            }
+        }
+        h
+    }
 }
 
 /// The first of the server's protocols (in its preference order) that the

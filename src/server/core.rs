@@ -22,8 +22,8 @@ use super::handler::CloseReason;
 use super::hub::{ConnId, Handle, LocalStats};
 use super::outbuf::{BufPool, Flushed, LocalFrame};
 use super::response::Response;
-use super::timers::{millis, Entry, TimerKind, Timers};
-use super::topics::{Sub, Topics, PENDING};
+use super::timers::{millis, reserve_for, Entry, TimerKind, Timers};
+use super::topics::{Sub, SubLists, Topics, PENDING};
 use super::transport;
 use crate::broker::{Answer, Joined, Joiner, Position, Publication, Unavailable};
 use crate::protocol::{close, encode, DecoderConfig, OpCode, ProtocolError, Role};
@@ -38,6 +38,8 @@ pub(crate) struct Core {
     pub(crate) registry: Registry,
     pub(crate) conns: Slab<Conn>,
     pub(crate) topics: Topics,
+    /// The connections' subscription lists (`Conn::subs` is a handle).
+    pub(crate) subs: SubLists,
     pub(crate) timers: Timers,
     pub(crate) dirty: Vec<u32>,
     pub(crate) dead: Vec<u32>,
@@ -148,8 +150,9 @@ impl Core {
             cfg,
             dec_cfg,
             registry,
-            conns: Slab::new(),
+            conns: Slab::with_capacity(reserve_for::<Conn>()),
             topics: Topics::default(),
+            subs: SubLists::default(),
             timers: Timers::default(),
             dirty: Vec::new(),
             dead: Vec::new(),
@@ -177,14 +180,35 @@ impl Core {
         self.ms.wrapping_add(millis(d))
     }
 
-    /// Arm the first heartbeat check of a newly opened connection.
+    /// When an open connection's first heartbeat check is due (after it
+    /// opened), if it has heartbeats.
+    fn first_heartbeat(&self) -> Option<Duration> {
+        match (self.cfg.ping_interval, self.cfg.idle_timeout) {
+            (Some(p), Some(i)) => Some(p.min(i)),
+            (p, i) => p.or(i),
+        }
+    }
+
+    /// Whether a connection's handshake deadline entry, still queued when
+    /// it opens, doubles as its first heartbeat check: it comes due at most
+    /// `handshake_timeout` after the connection opened, so no later than
+    /// the first check would. Then an open connection holds one timer entry
+    /// (12 bytes) instead of two; the check re-arms itself in the
+    /// heartbeat heap from the connection's last activity.
+    pub(crate) fn handshake_entry_checks_heartbeat(&self) -> bool {
+        self.first_heartbeat()
+            .is_some_and(|first| self.cfg.handshake_timeout <= first)
+    }
+
+    /// Arm the first heartbeat check of a newly opened connection (unless
+    /// its handshake deadline entry does it).
     pub(crate) fn arm_heartbeat(&mut self, key: usize, generation: u32) {
-        let first = match (self.cfg.ping_interval, self.cfg.idle_timeout) {
-            (Some(p), Some(i)) => p.min(i),
-            (Some(p), None) => p,
-            (None, Some(i)) => i,
-            (None, None) => return,
+        let Some(first) = self.first_heartbeat() else {
+            return;
         };
+        if self.handshake_entry_checks_heartbeat() {
+            return;
+        }
         self.timers
             .add(TimerKind::Heartbeat, self.after(first), key, generation);
     }
@@ -381,7 +405,7 @@ impl Core {
             return None;
         }
         if let Some(id) = self.topics.id(topic) {
-            if c.subs.iter().any(|s| s.topic == id) {
+            if self.subs.get(c.subs).iter().any(|s| s.topic == id) {
                 return None;
             }
         }
@@ -399,7 +423,7 @@ impl Core {
             Answer::Later => self.topics.subscribe(topic, key, PENDING, 0),
         };
         if let Some(c) = self.conns.get_mut(key) {
-            c.subs.push(sub);
+            self.subs.push(&mut c.subs, sub);
         }
         Some(answer)
     }
@@ -416,15 +440,15 @@ impl Core {
         let key = self.lookup(id)?;
         let tid = self.topics.id(topic)?;
         let c = self.conns.get_mut(key)?;
-        let i = c.subs.iter().position(|s| s.topic == tid)?;
-        let sub = c.subs.swap_remove(i);
+        let i = self.subs.get(c.subs).iter().position(|s| s.topic == tid)?;
+        let sub = self.subs.swap_remove(&mut c.subs, i);
         self.forget_sub(sub);
         if let Ok(j) = answer {
             let sub = self
                 .topics
                 .subscribe(topic, key, j.position.seq, j.position.epoch.0);
             if let Some(c) = self.conns.get_mut(key) {
-                c.subs.push(sub);
+                self.subs.push(&mut c.subs, sub);
             }
         }
         Some(key)
@@ -436,11 +460,11 @@ impl Core {
         let Some(id) = self.topics.id(topic) else {
             return Vec::new();
         };
-        let conns = &mut self.conns;
+        let (conns, subs) = (&self.conns, &mut self.subs);
         self.topics
             .reset(id, position.seq, position.epoch.0, |key, pos| {
-                if let Some(c) = conns.get_mut(key) {
-                    if let Some(s) = c.subs.iter_mut().find(|s| s.topic == id) {
+                if let Some(c) = conns.get(key) {
+                    if let Some(s) = subs.get_mut(c.subs).iter_mut().find(|s| s.topic == id) {
                         s.pos = pos;
                     }
                 }
@@ -459,10 +483,10 @@ impl Core {
         let Some(c) = self.conns.get_mut(key) else {
             return false;
         };
-        let Some(i) = c.subs.iter().position(|s| s.topic == id) else {
+        let Some(i) = self.subs.get(c.subs).iter().position(|s| s.topic == id) else {
             return false;
         };
-        let sub = c.subs.swap_remove(i);
+        let sub = self.subs.swap_remove(&mut c.subs, i);
         self.drop_sub(sub);
         true
     }
@@ -546,7 +570,8 @@ impl Core {
     /// Names of the topics a connection is subscribed to.
     pub(crate) fn topics_of(&self, key: usize) -> Vec<Arc<str>> {
         self.conns.get(key).map_or_else(Vec::new, |c| {
-            c.subs
+            self.subs
+                .get(c.subs)
                 .iter()
                 .filter_map(|s| self.topics.name(s.topic))
                 .collect()
@@ -554,7 +579,10 @@ impl Core {
     }
 
     pub(crate) fn subscription_count(&self, key: usize) -> usize {
-        self.conns.get(key).map(|c| c.subs.len()).unwrap_or(0)
+        self.conns
+            .get(key)
+            .map(|c| self.subs.get(c.subs).len())
+            .unwrap_or(0)
     }
 
     /// Remove a subscription from its topic and fix the position recorded by
@@ -569,8 +597,13 @@ impl Core {
     /// Remove a subscription from its topic only (the broker is not told).
     fn forget_sub(&mut self, sub: Sub) {
         if let Some((moved, pos)) = self.topics.unsubscribe(sub) {
-            if let Some(mc) = self.conns.get_mut(moved) {
-                for s in mc.subs.iter_mut().filter(|s| s.topic == sub.topic) {
+            if let Some(mc) = self.conns.get(moved) {
+                for s in self
+                    .subs
+                    .get_mut(mc.subs)
+                    .iter_mut()
+                    .filter(|s| s.topic == sub.topic)
+                {
                     s.pos = pos;
                 }
             }
@@ -625,7 +658,7 @@ impl Core {
             return;
         }
         if c.close_reason.is_none() {
-            c.close_reason = reason;
+            c.close_reason.set(reason);
         }
         c.phase = Phase::Dead;
         self.dead.push(key as u32);
@@ -795,6 +828,9 @@ impl Core {
                 self.kill(key, None);
             }
             (TimerKind::Heartbeat, Phase::Open) => self.heartbeat(key),
+            (TimerKind::Handshake, Phase::Open) if self.handshake_entry_checks_heartbeat() => {
+                self.heartbeat(key)
+            }
             (TimerKind::Closing, Phase::Closing | Phase::Lingering) => {
                 log::debug!("conn {}: close timeout", self.id_of(key));
                 self.kill(key, Some(CloseReason::Abnormal));
@@ -834,10 +870,10 @@ impl Core {
         let Some(id) = self.topics.id(&p.channel) else {
             return;
         };
-        let conns = &mut self.conns;
+        let (conns, subs) = (&self.conns, &mut self.subs);
         let current = self.topics.deliver(id, p.seq, p.epoch.0, |key, pos| {
-            if let Some(c) = conns.get_mut(key) {
-                if let Some(s) = c.subs.iter_mut().find(|s| s.topic == id) {
+            if let Some(c) = conns.get(key) {
+                if let Some(s) = subs.get_mut(c.subs).iter_mut().find(|s| s.topic == id) {
                     s.pos = pos;
                 }
             }

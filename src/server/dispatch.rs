@@ -96,26 +96,62 @@ impl<H: Handler> App<H> {
         }
     }
 
-    /// Serve what the connection has sent while it speaks HTTP: refusals,
-    /// plain requests (keep-alive), or the upgrade.
-    pub(crate) fn serve_http(&mut self, core: &mut Core, key: usize, mut hs: Box<HttpState>) {
+    /// Serve what the connection has sent while it speaks HTTP (what
+    /// `hs.buf` kept, then `fresh`): refusals, plain requests (keep-alive),
+    /// or the upgrade.
+    ///
+    /// With nothing kept (the usual case: a whole request in one read),
+    /// requests are parsed where they were read, and only an unfinished
+    /// rest is copied into `hs.buf`: an upgrade allocates no request buffer.
+    pub(crate) fn serve_http(
+        &mut self,
+        core: &mut Core,
+        key: usize,
+        mut hs: Box<HttpState>,
+        fresh: &mut [u8],
+    ) {
         let cfg = core.cfg.clone();
-        // Start of the current request in `hs.buf` (pipelined requests are
-        // served in place; the buffer is compacted once at the end).
+        // Bytes kept from earlier reads: the new ones are appended to them
+        // (amortized, as a request trickling in byte by byte must not cost
+        // a copy of all it sent so far per read).
+        let from_kept = !hs.buf.is_empty();
+        let mut kept = Vec::new();
+        if from_kept {
+            hs.buf.extend_from_slice(fresh);
+            kept = mem::take(&mut hs.buf);
+        }
+        let input: &mut [u8] = if from_kept { &mut kept } else { &mut *fresh };
+        // Keep the unserved rest of the input, from `$off`, in `hs.buf` (its
+        // parser state counts from the rest's start) and give `hs` back to
+        // the connection.
+        macro_rules! keep_rest {
+            ($off:expr) => {{
+                let off = $off;
+                if from_kept {
+                    kept.drain(..off);
+                    hs.buf = kept;
+                } else {
+                    hs.buf.extend_from_slice(&fresh[off..]);
+                }
+                if let Some(c) = core.conns.get_mut(key) {
+                    c.http = Some(hs);
+                }
+                return;
+            }};
+        }
+        // Start of the current request in `input` (pipelined requests are
+        // served in place).
         let mut off = 0;
         if hs.awaiting.is_some() {
             // An answer is still to come: serve nothing more before it.
-            if let Some(c) = core.conns.get_mut(key) {
-                c.http = Some(hs);
-            }
-            return;
+            keep_rest!(0);
         }
         loop {
-            let (req, consumed) = match hs.parser.parse(&cfg.http, &hs.buf[off..]) {
+            let (req, consumed) = match hs.parser.parse(&cfg.http, &input[off..]) {
                 Ok(Some(done)) => done,
                 Ok(None) => {
                     if !hs.head_checked {
-                        if let Some(req) = hs.parser.awaiting_body(&cfg.http, &hs.buf[off..]) {
+                        if let Some(req) = hs.parser.awaiting_body(&cfg.http, &input[off..]) {
                             hs.head_checked = true;
                             let info = ConnInfo {
                                 id: core.id_of(key),
@@ -132,11 +168,7 @@ impl<H: Handler> App<H> {
                             }
                         }
                     }
-                    hs.buf.drain(..off);
-                    if let Some(c) = core.conns.get_mut(key) {
-                        c.http = Some(hs);
-                    }
-                    return;
+                    keep_rest!(off);
                 }
                 Err(e) => return self.refuse(core, key, e),
             };
@@ -158,15 +190,11 @@ impl<H: Handler> App<H> {
                     off += consumed;
                     hs.parser.reset();
                     hs.head_checked = false;
-                    hs.buf.drain(..off);
-                    if let Some(c) = core.conns.get_mut(key) {
-                        c.http = Some(hs);
-                    }
-                    return;
+                    keep_rest!(off);
                 }
-                let keep = req.keep_alive() && !resp.close && !core.draining;
-                core.respond(key, &resp, !keep);
-                if !keep {
+                let keep_alive = req.keep_alive() && !resp.close && !core.draining;
+                core.respond(key, &resp, !keep_alive);
+                if !keep_alive {
                     return;
                 }
                 off += consumed;
@@ -178,11 +206,7 @@ impl<H: Handler> App<H> {
                     // Pipelined requests whose answers are not being read:
                     // keep the rest for when the queue has drained.
                     log::debug!("conn {id}: pipelined answers over the buffer limit, pausing");
-                    hs.buf.drain(..off);
-                    if let Some(c) = core.conns.get_mut(key) {
-                        c.http = Some(hs);
-                    }
-                    return;
+                    keep_rest!(off);
                 }
                 continue;
             }
@@ -237,9 +261,8 @@ impl<H: Handler> App<H> {
                 *self.state_slot(key) = Some(st);
             }
             // A first frame may have come in the same packet as the request.
-            if off + consumed < hs.buf.len() {
-                let mut rest = mem::take(&mut hs.buf);
-                self.process_ws(core, key, &mut rest[off + consumed..]);
+            if off + consumed < input.len() {
+                self.process_ws(core, key, &mut input[off + consumed..]);
             }
             return;
         }

@@ -20,10 +20,17 @@ fn socket(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result<std::n
         s.set_reuse_port(true)?;
     }
     s.set_nonblocking(true)?;
+    // Linux hands TCP_NODELAY down to every accepted socket: one
+    // `setsockopt` here instead of one per connection.
+    s.set_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog)?;
     Ok(s.into())
 }
+
+/// Whether accepted sockets inherit TCP_NODELAY from the listener (so the
+/// worker need not set it on each).
+pub(crate) const NODELAY_INHERITED: bool = cfg!(target_os = "linux");
 
 /// Make sure no other socket listens on `addr`, and fix its port (port 0
 /// becomes the free port the kernel picks).
@@ -124,17 +131,48 @@ fn foreign_listeners(addr: SocketAddr, ours: &[u64]) -> Option<usize> {
         SocketAddr::V6(a) => ("/proc/net/tcp6", words(&a.ip().octets())),
     };
     let local = format!("{ip}:{:04X}", addr.port());
-    let text = std::fs::read_to_string(table).ok()?;
+    let file = std::fs::File::open(table).ok()?;
+    count_listeners(file, &local, ours).ok()
+}
+
+/// Bytes of the kernel's table read at a time.
+#[cfg(target_os = "linux")]
+const TABLE_CHUNK: usize = 16 << 10;
+
+/// The lines of a /proc/net/tcp table that listen on `local` with an inode
+/// not in `ours`, read line by line through a small buffer: on a busy host
+/// the table holds every socket (megabytes of TIME_WAIT entries), and one
+/// allocation that large, once freed, raises glibc's mmap threshold for the
+/// rest of the process, so the workers' connection tables would then grow
+/// inside the heap and leave every outgrown copy resident.
+#[cfg(target_os = "linux")]
+fn count_listeners(table: impl io::Read, local: &str, ours: &[u64]) -> io::Result<usize> {
+    use std::io::BufRead as _;
     const LISTEN: &str = "0A";
-    Some(
-        text.lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            .filter(|f| f.len() > 9 && f[1] == local && f[3] == LISTEN)
-            .filter(|f| f[9].parse::<u64>().is_ok_and(|i| !ours.contains(&i)))
-            .count(),
-    )
+    let mut r = io::BufReader::with_capacity(TABLE_CHUNK, table);
+    let mut line = String::with_capacity(256);
+    let mut n = 0;
+    let mut first = true;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(n);
+        }
+        if std::mem::take(&mut first) {
+            continue; // the header
+        }
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        let mut f = line.split_whitespace();
+        if f.nth(1) != Some(local) || f.nth(1) != Some(LISTEN) {
+            continue;
+        }
+        if f.nth(5)
+            .and_then(|i| i.parse::<u64>().ok())
+            .is_some_and(|i| !ours.contains(&i))
+        {
+            n += 1;
+        }
+    }
 }
 
 /// Name the address in an "address in use" error.
@@ -218,6 +256,102 @@ mod tests {
             assert_eq!(n, 1, "{local}: our listener is in the table");
             assert_eq!(foreign_listeners(local, &[ino]), Some(0), "{local}");
         }
+    }
+
+    /// A big table (a busy host: 200,000 sockets, about 30 MB) is read
+    /// through a small buffer, never whole; the listeners in it are counted.
+    #[test]
+    fn a_big_table_is_read_in_small_pieces() {
+        struct Table {
+            line: u64,
+            lines: u64,
+            pending: Vec<u8>,
+            largest_read: usize,
+        }
+        impl io::Read for Table {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.largest_read = self.largest_read.max(buf.len());
+                if self.pending.is_empty() && self.line <= self.lines {
+                    let l = self.line;
+                    self.pending = if l == 0 {
+                        b"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n".to_vec()
+                    } else {
+                        // Every 50,000th line listens on our address; one of
+                        // those is our own socket (inode 7).
+                        let (local, st, inode) = match l % 50_000 {
+                            0 => ("0100007F:2329", "0A", if l == 100_000 { 7 } else { l }),
+                            _ => ("0100007F:D431", "06", l),
+                        };
+                        format!("{l:>6}: {local} 0100007F:2329 {st} 00000000:00000000 03:00000A2B 00000000     0        0 {inode} 2 0000000000000000 100 0 0 10 0\n").into_bytes()
+                    };
+                    self.line += 1;
+                }
+                let n = self.pending.len().min(buf.len());
+                buf[..n].copy_from_slice(&self.pending[..n]);
+                self.pending.drain(..n);
+                Ok(n)
+            }
+        }
+        let mut t = Table {
+            line: 0,
+            lines: 200_000,
+            pending: Vec::new(),
+            largest_read: 0,
+        };
+        let n = count_listeners(&mut t, "0100007F:2329", &[7]).unwrap();
+        assert_eq!(n, 3, "4 listeners on the address, one of them ours");
+        assert!(
+            t.largest_read <= TABLE_CHUNK,
+            "the table was read {} bytes at a time",
+            t.largest_read
+        );
+        let l = b"   0: 0100007F:2329 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 99 1";
+        assert_eq!(
+            count_listeners(&b"header\n"[..], "0100007F:2329", &[]).unwrap(),
+            0
+        );
+        assert_eq!(
+            count_listeners(
+                &[&b"header\n"[..], &l[..]].concat()[..],
+                "0100007F:2329",
+                &[]
+            )
+            .unwrap(),
+            1
+        );
+        assert_eq!(
+            count_listeners(
+                &[&b"header\n"[..], &l[..]].concat()[..],
+                "0100007F:2329",
+                &[99]
+            )
+            .unwrap(),
+            0
+        );
+        assert_eq!(
+            count_listeners(
+                &[&b"header\n"[..], &l[..]].concat()[..],
+                "0100007F:232A",
+                &[]
+            )
+            .unwrap(),
+            0
+        );
+    }
+
+    /// Accepted sockets have TCP_NODELAY without a `setsockopt` of their
+    /// own: the listener's is inherited.
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        const { assert!(NODELAY_INHERITED) };
+        let l = socket("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(
+            a.nodelay().unwrap(),
+            "TCP_NODELAY inherited from the listener"
+        );
     }
 
     /// The probe's window, made to happen: another SO_REUSEPORT listener

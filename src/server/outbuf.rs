@@ -187,7 +187,11 @@ impl OutQueue {
         };
         while !q.chunks.is_empty() {
             let mut scratch = std::mem::take(&mut pool.scratch);
-            let result = if q.gather(&mut scratch) {
+            let result = if q.chunks.len() == 1 {
+                // The usual case (a reply, a 101, one push): a plain write,
+                // without filling a 64-entry iovec array first.
+                w.write(&q.chunks[0].bytes()[q.offset..])
+            } else if q.gather(&mut scratch) {
                 // A run of small frames (a chat room, a burst of pushes): one
                 // contiguous buffer costs the kernel far less than an iovec
                 // per 30-byte frame.

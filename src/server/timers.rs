@@ -5,7 +5,9 @@
 //! Handshake and close deadlines all have the same length, so they are
 //! pushed in time order and a FIFO queue per kind is a sorted list: adding is
 //! O(1), expiring pops from the front. Heartbeat checks (one per open
-//! connection, re-armed from its last activity) live in a binary heap. An
+//! connection, re-armed from its last activity) live in a binary heap; the
+//! first check of a connection is its handshake deadline entry when that is
+//! due no later (see `Core::handshake_entry_checks_heartbeat`). An
 //! entry whose connection has moved on (checked by generation and state) is
 //! skipped when it comes due. Each entry is 12 bytes.
 
@@ -69,13 +71,44 @@ pub(crate) fn millis(d: Duration) -> u32 {
     d.as_millis().min(i32::MAX as u128) as u32
 }
 
+/// Address space reserved up front for each of a worker's per-connection
+/// tables (connections, handler states, deadline queues). Only the pages
+/// actually used become resident; reserving it at once, past the
+/// allocator's mmap threshold, spares the table its growth through small
+/// heap blocks, each of which would stay resident as garbage once outgrown.
+/// Growth past it is a `mremap`, which copies nothing.
+pub(crate) const TABLE_RESERVE: usize = 256 << 10;
+
+/// Entries of `T` that fit in [`TABLE_RESERVE`].
+pub(crate) fn reserve_for<T>() -> usize {
+    TABLE_RESERVE / std::mem::size_of::<T>().max(1)
+}
+
 /// FIFO deadline queues for handshakes and closes, a heap for heartbeats.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Timers {
     handshake: VecDeque<Slot>,
     closing: VecDeque<Slot>,
     heartbeat: BinaryHeap<Earliest>,
     app: BinaryHeap<Earliest>,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            handshake: VecDeque::with_capacity(reserve_for::<Slot>()),
+            closing: VecDeque::with_capacity(reserve_for::<Slot>()),
+            heartbeat: BinaryHeap::with_capacity(reserve_for::<Slot>()),
+            app: BinaryHeap::new(),
+        }
+    }
+}
+
+/// A drained FIFO queue gives back what a burst made resident.
+fn release_if_drained(q: &mut VecDeque<Slot>) {
+    if q.is_empty() && q.capacity() > reserve_for::<Slot>() {
+        *q = VecDeque::with_capacity(reserve_for::<Slot>());
+    }
 }
 
 impl Timers {
@@ -114,14 +147,21 @@ impl Timers {
             (&mut self.handshake, TimerKind::Handshake),
             (&mut self.closing, TimerKind::Closing),
         ] {
+            let mut popped = false;
             while q.front().is_some_and(|s| not_after(s.at, now)) {
                 if let Some(s) = q.pop_front() {
+                    popped = true;
                     out.push(Entry {
                         key: s.key,
                         generation: s.generation,
                         kind,
                     });
                 }
+            }
+            if popped {
+                // After a burst of handshakes, their entries all expire
+                // within one handshake timeout: the queue's pages go back.
+                release_if_drained(q);
             }
         }
         for (h, kind) in [
@@ -142,14 +182,10 @@ impl Timers {
 
     /// Give memory back when the queues are empty.
     pub fn shrink(&mut self) {
-        if self.handshake.is_empty() && self.handshake.capacity() > 1024 {
-            self.handshake = VecDeque::new();
-        }
-        if self.closing.is_empty() && self.closing.capacity() > 1024 {
-            self.closing = VecDeque::new();
-        }
-        if self.heartbeat.is_empty() && self.heartbeat.capacity() > 1024 {
-            self.heartbeat = BinaryHeap::new();
+        release_if_drained(&mut self.handshake);
+        release_if_drained(&mut self.closing);
+        if self.heartbeat.is_empty() && self.heartbeat.capacity() > reserve_for::<Slot>() {
+            self.heartbeat = BinaryHeap::with_capacity(reserve_for::<Slot>());
         }
         if self.app.is_empty() && self.app.capacity() > 1024 {
             self.app = BinaryHeap::new();

@@ -49,6 +49,57 @@ pub(crate) struct Sub {
     pub pos: u32,
 }
 
+/// The subscription lists of a worker's connections, kept beside the
+/// connections: a connection holds only a 4-byte handle ([`NO_SUBS`] when it
+/// has none), so an idle connection pays nothing for subscriptions it does
+/// not have, and one with subscriptions pays what an inline `Vec` did.
+#[derive(Default)]
+pub(crate) struct SubLists {
+    lists: Slab<Vec<Sub>>,
+}
+
+/// The handle of a connection without subscriptions.
+pub(crate) const NO_SUBS: u32 = u32::MAX;
+
+impl SubLists {
+    /// The subscriptions behind handle `h`.
+    pub fn get(&self, h: u32) -> &[Sub] {
+        self.lists.get(h as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The subscriptions behind handle `h`, to update positions.
+    pub fn get_mut(&mut self, h: u32) -> &mut [Sub] {
+        self.lists
+            .get_mut(h as usize)
+            .map_or(&mut [], Vec::as_mut_slice)
+    }
+
+    /// Add a subscription; the first one creates the list.
+    pub fn push(&mut self, h: &mut u32, sub: Sub) {
+        match self.lists.get_mut(*h as usize) {
+            Some(v) => v.push(sub),
+            None => *h = self.lists.insert(vec![sub]) as u32,
+        }
+    }
+
+    /// Remove the `i`-th subscription; the last one frees the list.
+    pub fn swap_remove(&mut self, h: &mut u32, i: usize) -> Sub {
+        let v = &mut self.lists[*h as usize];
+        let sub = v.swap_remove(i);
+        if v.is_empty() {
+            self.lists.remove(*h as usize);
+            *h = NO_SUBS;
+        }
+        sub
+    }
+
+    /// Take every subscription (the connection is going).
+    pub fn take(&mut self, h: &mut u32) -> Vec<Sub> {
+        let h = std::mem::replace(h, NO_SUBS);
+        self.lists.try_remove(h as usize).unwrap_or_default()
+    }
+}
+
 impl Topics {
     pub fn id(&self, name: &str) -> Option<u32> {
         self.by_name.get(name).copied()

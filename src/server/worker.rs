@@ -108,7 +108,7 @@ impl<H: Handler> Worker<H> {
             core,
             app: App {
                 handler,
-                states: Vec::new(),
+                states: Vec::with_capacity(super::timers::reserve_for::<Option<H::Conn>>()),
             },
             readbuf: vec![0; cfg.read_buffer.max(4096)],
             listener,
@@ -326,7 +326,9 @@ impl<H: Handler> Loop<H> {
         if core.draining || core.conns.len() >= MAX_KEY {
             return;
         }
-        let _ = stream.set_nodelay(true);
+        if !super::listener::NODELAY_INHERITED {
+            let _ = stream.set_nodelay(true);
+        }
         let hub = core.handle.hub().clone();
         let over = hub.open.fetch_add(1, Ordering::Relaxed) >= core.cfg.max_connections;
         if over {
@@ -411,7 +413,7 @@ impl<H: Handler> Loop<H> {
         if leftover && !self.core.paused(key) {
             let before = self.core.held(key);
             if let Some(hs) = self.core.conns.get_mut(key).and_then(|c| c.http.take()) {
-                self.app.serve_http(&mut self.core, key, hs);
+                self.app.serve_http(&mut self.core, key, hs, &mut []);
             }
             self.core.settle_pending(key, before);
         }
@@ -444,9 +446,7 @@ impl<H: Handler> Loop<H> {
                     core.kill(key, None);
                     return After::Stop;
                 };
-                let mut hs = hs;
-                hs.buf.extend_from_slice(bytes);
-                app.serve_http(core, key, hs);
+                app.serve_http(core, key, hs, bytes);
                 core.settle_pending(key, before);
                 match core.conns.get(key).map(|c| c.phase) {
                     Some(Phase::Http) => After::More,
@@ -606,7 +606,7 @@ impl<H: Handler> Loop<H> {
             let Some(c) = self.core.conns.get(key) else {
                 continue;
             };
-            let reason = c.close_reason;
+            let reason = c.close_reason.get();
             let flags = c.flags;
             let id = ConnId::new(self.core.index, key, c.generation);
             if flags & UPGRADED != 0 {
@@ -639,10 +639,14 @@ impl<H: Handler> Loop<H> {
             }
             self.core.deflate.forget(key);
             let mut c = self.core.conns.remove(key);
-            for sub in mem::take(&mut c.subs) {
+            for sub in self.core.subs.take(&mut c.subs) {
                 self.core.drop_sub(sub);
             }
             c.out.clear(&mut self.core.pool);
+            // No `deregister`: closing the socket (dropping `c`; nothing
+            // holds a duplicate of it) removes it from the epoll set, so an
+            // `epoll_ctl` per connection is saved. Other systems are told.
+            #[cfg(not(target_os = "linux"))]
             let _ = self.core.registry.deregister(&mut c.stream);
             if flags & COUNTED != 0 {
                 self.core.handle.hub().open.fetch_sub(1, Ordering::Relaxed);
