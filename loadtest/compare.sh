@@ -9,6 +9,9 @@
 #   loadtest/compare.sh --nice -10            # ahead of other work on a shared machine
 #   WSPUSH_BASE=/path/to/older/wspush loadtest/compare.sh --servers "wspush wspush-base"
 #                                             # before/after: another build of wspush as a peer
+#   UWS_PEER=/path/to/peer-uwebsockets loadtest/compare.sh
+#                                             # adds uWebSockets (a binary built outside
+#                                             # the repository; see loadtest/README.md)
 #
 # Servers run pinned to CPU 0 (taskset -c 0), wsload to CPU 1. Each run starts
 # a fresh server on a fresh port. Raw JSON per run and the summary go to
@@ -54,6 +57,10 @@ for peer in "$FWS/target/release/peer-fastwebsockets" "$TT/target/release/peer-t
 done
 WSLOAD=$OUT/bin/wsload
 if [ -n "${WSPUSH_BASE:-}" ]; then cp "$WSPUSH_BASE" "$OUT/bin/wspush-base"; fi
+if [ -n "${UWS_PEER:-}" ]; then
+  cp "$UWS_PEER" "$OUT/bin/peer-uwebsockets"
+  case " $SERVERS " in *" uwebsockets "*) ;; *) SERVERS="$SERVERS uwebsockets" ;; esac
+fi
 
 server_cmd() { # name port
   case "$1" in
@@ -61,6 +68,7 @@ server_cmd() { # name port
     wspush-base) echo "$OUT/bin/wspush-base --listen 127.0.0.1:$2 --workers 1" ;;
     fastwebsockets) echo "$OUT/bin/peer-fastwebsockets --listen 127.0.0.1:$2" ;;
     tokio-tungstenite) echo "$OUT/bin/peer-tokio-tungstenite --listen 127.0.0.1:$2" ;;
+    uwebsockets) echo "$OUT/bin/peer-uwebsockets $2" ;;
     *) echo "unknown server $1" >&2; exit 2 ;;
   esac
 }
