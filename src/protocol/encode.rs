@@ -14,6 +14,8 @@ use super::mask::apply_mask;
 /// Append one unmasked frame with FIN set to `out`.
 #[inline]
 pub fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    // One allocation for header and payload (not a small one, then a copy).
+    out.reserve(MAX_HEADER_LEN + payload.len());
     frame_header_into(out, true, opcode, payload.len());
     out.extend_from_slice(payload);
 }

@@ -40,7 +40,9 @@ pub(crate) struct BufPool {
 }
 
 const POOL_MAX_BUFFERS: usize = 256;
-const POOL_MAX_CAPACITY: usize = 64 << 10;
+/// A reply buffer is kept for reuse up to a frame of 64 KiB of payload and
+/// its header: a 64 KiB echo reuses its buffer instead of allocating one.
+const POOL_MAX_CAPACITY: usize = (64 << 10) + crate::protocol::frame::MAX_HEADER_LEN;
 const POOL_MAX_QUEUES: usize = 1024;
 const QUEUE_MAX_KEPT_CHUNKS: usize = 64;
 
@@ -320,6 +322,23 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_64_kib_reply_buffer_is_reused() {
+        let mut pool = BufPool::default();
+        let mut v = pool.take();
+        crate::protocol::encode::frame_into(&mut v, crate::protocol::OpCode::Binary, &[7; 65536]);
+        let (ptr, cap) = (v.as_ptr(), v.capacity());
+        assert!(cap >= 65536 + 10, "one allocation holds header and payload");
+        pool.give(v);
+        let again = pool.take();
+        assert_eq!(
+            (again.as_ptr(), again.capacity()),
+            (ptr, cap),
+            "kept, not freed"
+        );
+        assert!(again.is_empty());
     }
 
     #[test]
