@@ -24,9 +24,16 @@ pub fn frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 /// `len` payload bytes after it.
 #[inline]
 pub fn frame_header_into(out: &mut Vec<u8>, fin: bool, opcode: OpCode, len: usize) {
+    frame_header_rsv_into(out, fin, 0, opcode, len);
+}
+
+/// [`frame_header_into`] with reserved bits `rsv` (RSV1 marks a
+/// permessage-deflate message).
+#[inline]
+pub fn frame_header_rsv_into(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode, len: usize) {
     let h = FrameHeader {
         fin,
-        rsv: 0,
+        rsv,
         opcode,
         mask: None,
         len: len as u64,

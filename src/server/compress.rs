@@ -121,20 +121,12 @@ mod codec {
 
     /// Write a frame header (FIN, RSV1 when `compressed`) into `out`.
     fn header_into(out: &mut Vec<u8>, opcode: OpCode, compressed: bool, len: usize) {
-        let h = FrameHeader {
-            fin: true,
-            rsv: if compressed {
-                crate::protocol::decode::RSV1
-            } else {
-                0
-            },
-            opcode,
-            mask: None,
-            len: len as u64,
+        let rsv = if compressed {
+            crate::protocol::decode::RSV1
+        } else {
+            0
         };
-        let mut hb = [0u8; MAX_HEADER_LEN];
-        let n = h.write(&mut hb);
-        out.extend_from_slice(&hb[..n]);
+        encode::frame_header_rsv_into(out, true, rsv, opcode, len);
     }
 
     /// The opcode and payload of an unmasked frame we encoded.
