@@ -27,7 +27,9 @@ struct Seen {
     /// The 101 response heads.
     heads: Vec<String>,
     /// `(first header byte, payload length on the wire)` of every server
-    /// message (its first frame's header byte).
+    /// message (its first frame's header byte) other than a reply to the
+    /// page's own requests (`{"op":"pong",…}` from its heartbeat can come
+    /// at any moment on a slow machine).
     frames: Vec<(u8, usize)>,
 }
 
@@ -100,6 +102,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, sniff: Option<Arc<Mutex<Seen>>>)
             pos += d.consumed;
             let Some(m) = d.message else { break };
             let len = match m {
+                Message::Text(t) if t.starts_with("{\"op\":") => continue,
                 Message::Text(t) => t.len(),
                 Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
                 Message::Close(_) => 0,
