@@ -529,3 +529,38 @@ asyncio.run(main())
     assert_eq!(t, "hello from python ".repeat(20));
     assert!(c, "relayed compressed");
 }
+
+/// A pipelined burst is delivered as one run: plain subscribers get the
+/// frames back to back in one chunk, a deflate subscriber each
+/// publication's own compressed frame (small ones plain), all in order.
+#[test]
+fn a_burst_reaches_deflate_and_plain_subscribers_in_order() {
+    let d = Daemon::start(&["--workers", "1"]);
+    let mut z = Client::connect(d.addr, "/ws?channel=news", OFFER);
+    let mut p = Client::connect(d.addr, "/ws?channel=news", "");
+    subscribed(&mut z);
+    subscribed(&mut p);
+    let big = json_kib();
+    let batch: Vec<(&str, String)> = (0..12)
+        .map(|i| {
+            (
+                "news",
+                if i % 3 == 1 {
+                    i.to_string()
+                } else {
+                    big.clone()
+                },
+            )
+        })
+        .collect();
+    common::push::publish_pipelined(d.addr, &batch);
+    for (i, (_, data)) in batch.iter().enumerate() {
+        let want = format!("\"seq\":{},\"data\":{data}}}", i + 1);
+        let (tz, compressed) = z.next_text();
+        assert!(tz.ends_with(&want), "deflate client, #{}: {tz}", i + 1);
+        assert_eq!(compressed, data.len() > 64, "#{}", i + 1);
+        let (tp, compressed) = p.next_text();
+        assert!(!compressed);
+        assert_eq!(tp, tz, "#{}", i + 1);
+    }
+}

@@ -144,3 +144,115 @@ fn slow_consumer_is_cut_off_and_others_get_everything() {
     );
     assert!(d.wait_logged("slow consumer"), "slow consumer is logged");
 }
+
+/// Publications the worker drains in one turn go out as runs (a channel's
+/// consecutive frames back to back, one chunk per subscriber). Pipelined
+/// bursts that mix two channels reach a subscriber of both in publication
+/// order and a subscriber of one with exactly its channel's.
+#[test]
+fn pipelined_bursts_on_two_channels_arrive_in_publication_order() {
+    use common::push::{connect, next_json, publish_pipelined};
+    // Per burst: 5 on `a`, 3 on `b`, interleaved.
+    const PATTERN: [&str; 8] = ["a", "a", "a", "b", "a", "b", "b", "a"];
+    let d = Daemon::start(&["--workers", "1"]);
+    let (mut both, _) = connect(&d, "?channel=a&channel=b");
+    let (mut only_b, _) = connect(&d, "?channel=b");
+    let mut expected = Vec::new();
+    let mut seq = std::collections::HashMap::new();
+    for round in 0..20 {
+        let batch: Vec<(&str, String)> = PATTERN
+            .iter()
+            .enumerate()
+            .map(|(k, ch)| (*ch, format!("\"{round}-{k}\"")))
+            .collect();
+        let answers = publish_pipelined(d.addr, &batch);
+        for ((ch, data), a) in batch.iter().zip(answers) {
+            let n = seq.entry(*ch).or_insert(0u64);
+            *n += 1;
+            assert_eq!(a["seq"], *n, "{a}");
+            expected.push((ch.to_string(), *n, data.trim_matches('"').to_string()));
+        }
+    }
+    let read = |ws: &mut common::push::Ws, n: usize| -> Vec<(String, u64, String)> {
+        (0..n)
+            .map(|_| {
+                let m = next_json(ws);
+                (
+                    m["channel"].as_str().unwrap_or("?").to_string(),
+                    m["seq"].as_u64().unwrap_or(0),
+                    m["data"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(read(&mut both, expected.len()), expected);
+    let only: Vec<_> = expected.iter().filter(|e| e.0 == "b").cloned().collect();
+    assert_eq!(read(&mut only_b, only.len()), only);
+    // Nothing more for either: the next publication is the next message.
+    publish_pipelined(d.addr, &[("b", "\"end\"".to_string())]);
+    assert_eq!(
+        read(&mut both, 1)[0],
+        ("b".to_string(), 61, "end".to_string())
+    );
+    assert_eq!(
+        read(&mut only_b, 1)[0],
+        ("b".to_string(), 61, "end".to_string())
+    );
+}
+
+/// Connections subscribing while two publishers keep pipelined bursts
+/// flowing on their channel get exactly the publications after the
+/// position of their `subscribed` answer — none twice, none missing —
+/// including those whose start falls inside a run being delivered.
+#[test]
+fn joiners_during_bursts_get_exactly_what_follows_their_position() {
+    use common::push::{connect_raw, next_json, publish_pipelined};
+    const ROUNDS: usize = 150;
+    const BURST: usize = 8;
+    let d = Daemon::start(&["--workers", "1"]);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let joiners = thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for round in 0..ROUNDS {
+                    let batch: Vec<(&str, String)> = (0..BURST)
+                        .map(|k| ("a", format!("\"{round}-{k}\"")))
+                        .collect();
+                    publish_pipelined(d.addr, &batch);
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let mut joined = Vec::new();
+        while done.load(std::sync::atomic::Ordering::SeqCst) < 2 && joined.len() < 400 {
+            let (ws, welcome) = connect_raw(&d, "?channel=a");
+            assert_eq!(welcome["op"], "welcome");
+            joined.push(ws);
+        }
+        joined
+    });
+    let total = (2 * ROUNDS * BURST) as u64;
+    assert!(
+        joiners.len() >= 10,
+        "joined while publishing: {}",
+        joiners.len()
+    );
+    let mut inside = 0;
+    for (i, mut ws) in joiners.into_iter().enumerate() {
+        let r = next_json(&mut ws);
+        assert_eq!(r["op"], "subscribed", "{r}");
+        let start = r["seq"].as_u64().unwrap();
+        if start > 0 && start < total {
+            inside += 1;
+        }
+        for want in start + 1..=total {
+            let m = next_json(&mut ws);
+            assert_eq!(
+                (m["channel"].as_str(), m["seq"].as_u64()),
+                (Some("a"), Some(want)),
+                "joiner {i} (start {start}): {m}"
+            );
+        }
+    }
+    assert!(inside >= 5, "joined between publications: {inside}");
+}

@@ -1,11 +1,10 @@
 //! A worker's connections and everything it does to them: queueing
 //! (one backpressure policy), flushing, closing, heartbeats, deadlines,
-//! subscriptions and the delivery of hub commands. The event loop
+//! subscriptions (publications are delivered by [`super::fanout`]). The event loop
 //! ([`super::worker`]) drives it; callbacks reach it through [`Context`].
 
 use std::mem;
 use std::net::Shutdown;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use super::response::Response;
 use super::timers::{millis, reserve_for, Entry, TimerKind, Timers};
 use super::topics::{Sub, SubLists, Topics, PENDING};
 use super::transport;
-use crate::broker::{Answer, Joined, Joiner, Position, Publication, Unavailable};
+use crate::broker::{Answer, Joined, Joiner, Position, Unavailable};
 use crate::protocol::{close, encode, DecoderConfig, OpCode, ProtocolError, Role};
 
 /// Everything of a worker except the application: connections, topics,
@@ -59,6 +58,8 @@ pub(crate) struct Core {
     pub(crate) last_budget_warning: Option<Instant>,
     /// permessage-deflate: codecs and the RSV1 decoder configuration.
     pub(crate) deflate: compress::Worker,
+    /// Publications drained this turn, not yet delivered ([`super::fanout`]).
+    pub(crate) run: super::fanout::Run,
 }
 
 /// Who caused bytes to be queued on a connection: the one thing the
@@ -147,6 +148,7 @@ impl Core {
             index,
             handle,
             deflate: compress::Worker::new(&cfg, &dec_cfg),
+            run: Default::default(),
             cfg,
             dec_cfg,
             registry,
@@ -791,6 +793,7 @@ impl Core {
     }
 
     pub(crate) fn flush_dirty(&mut self) {
+        self.pool.expect_queues(self.dirty.len(), self.ms);
         let mut dirty = mem::take(&mut self.dirty);
         for &key in &dirty {
             let key = key as usize;
@@ -836,98 +839,6 @@ impl Core {
                 self.kill(key, Some(CloseReason::Abnormal));
             }
             _ => {}
-        }
-    }
-
-    pub(crate) fn broadcast(&mut self, p: &Publication) {
-        self.stats.publications_total += 1;
-        let f: LocalFrame = Rc::new(p.frame().clone().into_shared());
-        let max = self.cfg.max_buffered;
-        let mut q = Queues {
-            dirty: &mut self.dirty,
-            pool: &mut self.pool,
-            stats: &mut self.stats,
-            max_buffered: max,
-        };
-        // Deflated once per broadcast (all workers), on the first
-        // recipient that wants it.
-        let mut z = compress::Lazy::default();
-        let dz = &mut self.deflate;
-        for (key, c) in self.conns.iter_mut() {
-            if c.deflate == 0 {
-                push_frame(c, key, &f, &mut q);
-            } else {
-                let make =
-                    |dz: &mut compress::Worker| p.deflated_with(|plain| dz.shared_frame(plain));
-                compress::push_deflated(c, key, &f, &mut z, dz, make, &mut q);
-            }
-        }
-    }
-
-    /// Deliver a publication to this worker's subscribers of its channel.
-    pub(crate) fn publish(&mut self, p: &Publication) {
-        self.stats.publications_total += 1;
-        let Some(id) = self.topics.id(&p.channel) else {
-            return;
-        };
-        let (conns, subs) = (&self.conns, &mut self.subs);
-        let current = self.topics.deliver(id, p.seq, p.epoch.0, |key, pos| {
-            if let Some(c) = conns.get(key) {
-                if let Some(s) = subs.get_mut(c.subs).iter_mut().find(|s| s.topic == id) {
-                    s.pos = pos;
-                }
-            }
-        });
-        if !current {
-            return;
-        }
-        let skip = p.exclude.and_then(|id| self.lookup(id));
-        if let Some((code, reason)) = p.frame().as_close() {
-            // A close published on a topic closes its subscribers.
-            let keys: Vec<usize> = self
-                .topics
-                .subscribers(id)
-                .iter()
-                .map(|&k| k as usize)
-                .filter(|&k| skip != Some(k))
-                .collect();
-            let reason = reason.to_string();
-            for key in keys {
-                self.close_conn(key, code, &reason, CloseReason::Server(code));
-            }
-            return;
-        }
-        let f: LocalFrame = Rc::new(p.frame().clone().into_shared());
-        let conns = &mut self.conns;
-        let mut q = Queues {
-            dirty: &mut self.dirty,
-            pool: &mut self.pool,
-            stats: &mut self.stats,
-            max_buffered: self.cfg.max_buffered,
-        };
-        // Deflated once per publication (all workers), on the first
-        // recipient that wants it.
-        let mut z = compress::Lazy::default();
-        let dz = &mut self.deflate;
-        for &key in self.topics.subscribers(id) {
-            if skip == Some(key as usize) {
-                continue;
-            }
-            if let Some(c) = conns.get_mut(key as usize) {
-                if c.deflate == 0 {
-                    push_frame(c, key as usize, &f, &mut q);
-                } else {
-                    compress::push_deflated(
-                        c,
-                        key as usize,
-                        &f,
-                        &mut z,
-                        dz,
-                        |dz| p.deflated_with(|plain| dz.shared_frame(plain)),
-                        &mut q,
-                    );
-                }
-            }
         }
     }
 }

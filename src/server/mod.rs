@@ -18,6 +18,7 @@ mod compress;
 mod conn;
 mod core;
 mod dispatch;
+mod fanout;
 mod listener;
 mod outbuf;
 mod timers;

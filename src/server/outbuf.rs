@@ -37,13 +37,23 @@ pub(crate) struct BufPool {
     queues: Vec<Box<Queue>>,
     /// Where runs of small frames are gathered into one contiguous write.
     scratch: Vec<u8>,
+    /// Most connections with output in one turn over the last second, and
+    /// when that peak was seen (worker milliseconds): the pool keeps that
+    /// many queues, so a broadcast to 10,000 connections allocates no queue
+    /// turn after turn, and a second after the last one it shrinks again.
+    peak: usize,
+    peak_at: u32,
 }
 
 const POOL_MAX_BUFFERS: usize = 256;
 /// A reply buffer is kept for reuse up to a frame of 64 KiB of payload and
 /// its header: a 64 KiB echo reuses its buffer instead of allocating one.
 const POOL_MAX_CAPACITY: usize = (64 << 10) + crate::protocol::frame::MAX_HEADER_LEN;
-const POOL_MAX_QUEUES: usize = 1024;
+/// Queues kept however quiet the worker is; more while recent turns had
+/// more connections with output (`BufPool::expect_queues`).
+const POOL_MIN_QUEUES: usize = 1024;
+/// How long a peak of connections with output keeps its queues pooled.
+const POOL_PEAK_MS: u32 = 1000;
 const QUEUE_MAX_KEPT_CHUNKS: usize = 64;
 
 impl BufPool {
@@ -55,6 +65,21 @@ impl BufPool {
         if v.capacity() <= POOL_MAX_CAPACITY && self.free.len() < POOL_MAX_BUFFERS {
             v.clear();
             self.free.push(v);
+        }
+    }
+
+    /// Before a turn's flush: `n` connections have output now. Pools as
+    /// many queues as the busiest turn of the last second had, and lets go
+    /// of the rest.
+    pub fn expect_queues(&mut self, n: usize, now_ms: u32) {
+        if n >= self.peak || now_ms.wrapping_sub(self.peak_at) > POOL_PEAK_MS {
+            self.peak = n;
+            self.peak_at = now_ms;
+        }
+        let keep = self.peak.max(POOL_MIN_QUEUES);
+        if self.queues.len() > keep {
+            self.queues.truncate(keep);
+            self.queues.shrink_to(keep);
         }
     }
 
@@ -70,14 +95,16 @@ impl BufPool {
         }
         q.offset = 0;
         q.bytes = 0;
-        if q.chunks.capacity() <= QUEUE_MAX_KEPT_CHUNKS && self.queues.len() < POOL_MAX_QUEUES {
+        if q.chunks.capacity() <= QUEUE_MAX_KEPT_CHUNKS
+            && self.queues.len() < self.peak.max(POOL_MIN_QUEUES)
+        {
             self.queues.push(q);
         }
     }
 }
 
 /// An owned chunk takes appended replies until it holds this much.
-const OWNED_CHUNK: usize = 64 << 10;
+pub(crate) const OWNED_CHUNK: usize = 64 << 10;
 
 /// Most chunks gathered into one `writev`.
 const MAX_IOV: usize = 64;
@@ -339,6 +366,32 @@ mod tests {
             "kept, not freed"
         );
         assert!(again.is_empty());
+    }
+
+    #[test]
+    fn the_queue_pool_follows_the_busiest_turn_of_the_last_second() {
+        let mut pool = BufPool::default();
+        let f: LocalFrame = Rc::new(Arc::from(&b"x"[..]));
+        let turn = |pool: &mut BufPool, n: usize, ms: u32| {
+            pool.expect_queues(n, ms);
+            let mut qs: Vec<OutQueue> = (0..n).map(|_| OutQueue::default()).collect();
+            for q in &mut qs {
+                q.push_shared(&f, pool);
+            }
+            for q in &mut qs {
+                q.clear(pool);
+            }
+        };
+        turn(&mut pool, 5000, 0);
+        assert_eq!(
+            pool.queues.len(),
+            5000,
+            "every queue of a 5,000-wide turn kept"
+        );
+        turn(&mut pool, 10, 500);
+        assert_eq!(pool.queues.len(), 5000, "within the second");
+        turn(&mut pool, 10, 1600);
+        assert_eq!(pool.queues.len(), POOL_MIN_QUEUES, "a quiet second later");
     }
 
     #[test]

@@ -214,6 +214,7 @@ impl<H: Handler> Loop<H> {
             while let Ok(cmd) = rx.try_recv() {
                 self.command(cmd);
             }
+            self.core.deliver_run();
 
             if self.core.index == 0 && self.core.now >= self.last_upkeep + UPKEEP_EVERY {
                 self.last_upkeep = self.core.now;
@@ -237,6 +238,7 @@ impl<H: Handler> Loop<H> {
                 while let Ok(cmd) = rx.try_recv() {
                     self.command(cmd);
                 }
+                self.core.deliver_run();
                 if self.core.dirty.is_empty() && self.core.dead.is_empty() {
                     break;
                 }
@@ -523,9 +525,15 @@ impl<H: Handler> Loop<H> {
     }
 
     fn command(&mut self, cmd: Command) {
+        let cmd = match cmd {
+            Command::Broadcast(p) => return self.core.stage(p, true),
+            Command::Publish(p) => return self.core.stage(p, false),
+            other => other,
+        };
+        // Anything else comes after the publications drained before it.
+        self.core.deliver_run();
         match cmd {
-            Command::Broadcast(p) => self.core.broadcast(&p),
-            Command::Publish(p) => self.core.publish(&p),
+            Command::Broadcast(_) | Command::Publish(_) => {}
             Command::Send(id, frame) => {
                 if let Some(key) = self.core.lookup(id) {
                     let f: LocalFrame = Rc::new(frame.into_shared());

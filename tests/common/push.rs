@@ -103,3 +103,53 @@ pub fn op(ws: &mut Ws, v: Value) -> Value {
     ws.send(TMsg::Text(v.to_string())).unwrap();
     next_json(ws)
 }
+
+/// `POST /publish/{channel}` for each `(channel, data)`, all pipelined on one
+/// keep-alive connection in a single write (so the server drains them in
+/// one turn); the answers in order (200 asserted for each).
+pub fn publish_pipelined(addr: SocketAddr, batch: &[(&str, String)]) -> Vec<Value> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut out = Vec::new();
+    for (channel, data) in batch {
+        out.extend_from_slice(
+            format!(
+                "POST /publish/{channel} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{data}",
+                data.len()
+            )
+            .as_bytes(),
+        );
+    }
+    s.write_all(&out).unwrap();
+    let mut raw: Vec<u8> = Vec::new();
+    let mut answers = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while answers.len() < batch.len() {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n");
+        let parsed = end.and_then(|end| {
+            let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            (raw.len() >= end + 4 + len).then_some((head, end + 4, len))
+        });
+        if let Some((head, start, len)) = parsed {
+            assert_eq!(status_of(&head), 200, "{head}");
+            let body = String::from_utf8_lossy(&raw[start..start + len]).into_owned();
+            answers.push(json(&body));
+            raw.drain(..start + len);
+            continue;
+        }
+        let n = s
+            .read(&mut chunk)
+            .expect("answers to the pipelined publishes");
+        assert!(n > 0, "connection closed after {} answers", answers.len());
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    answers
+}
