@@ -74,6 +74,38 @@ fn large_pipelined_echoes_are_all_delivered() {
     writer.join().unwrap();
 }
 
+/// Large replies go straight to the socket when nothing is queued before
+/// them; a client with a small receive window that reads only later makes
+/// the socket take part of one: the rest is queued, and every echo still
+/// arrives whole, byte for byte, in order.
+#[test]
+fn large_echoes_to_a_client_reading_late_arrive_whole_and_in_order() {
+    let d = Daemon::start(&["--workers", "1"]);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&d.addr.into()).unwrap();
+    let mut c = RawWs::from_stream(sock.into(), "/echo");
+    // Loopback takes ~3 MB before the socket is full: the 1 MB echoes
+    // from the fourth on are taken in part.
+    let mut sizes = vec![300_000usize, 70_000, 20_000];
+    sizes.extend([1_000_000; 8]);
+    sizes.push(17_000);
+    let body = |i: usize, n: usize| -> Vec<u8> { (0..n).map(|j| (j * 31 + i * 7) as u8).collect() };
+    let mut all = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        all.extend(masked(OpCode::Binary, &body(i, n)));
+    }
+    let writer = write_in_background(&c.stream, all);
+    // Let the server fill what the socket takes before anything is read.
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, &n) in sizes.iter().enumerate() {
+        let (op, p) = c.next().unwrap_or_else(|| panic!("EOF before echo {i}"));
+        assert_eq!((op, p.len()), (OpCode::Binary, n), "echo {i}");
+        assert!(p == body(i, n), "echo {i} intact");
+    }
+    writer.join().unwrap();
+}
+
 #[test]
 fn a_sender_that_never_reads_is_stopped_by_tcp_not_by_memory() {
     // The client sends up to 40 MB of echo requests and reads nothing: the

@@ -27,6 +27,20 @@ pub fn frame_header_into(out: &mut Vec<u8>, fin: bool, opcode: OpCode, len: usiz
     frame_header_rsv_into(out, fin, 0, opcode, len);
 }
 
+/// Write the header of an unmasked frame with FIN set into `out`; returns
+/// its length (the payload of `len` bytes goes after it).
+#[inline]
+pub fn frame_header(out: &mut [u8; MAX_HEADER_LEN], opcode: OpCode, len: usize) -> usize {
+    FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: None,
+        len: len as u64,
+    }
+    .write(out)
+}
+
 /// [`frame_header_into`] with reserved bits `rsv` (RSV1 marks a
 /// permessage-deflate message).
 #[inline]

@@ -3,6 +3,7 @@
 //! subscriptions (publications are delivered by [`super::fanout`]). The event loop
 //! ([`super::worker`]) drives it; callbacks reach it through [`Context`].
 
+use std::io::IoSlice;
 use std::mem;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
@@ -25,7 +26,14 @@ use super::timers::{millis, reserve_for, Entry, TimerKind, Timers};
 use super::topics::{Sub, SubLists, Topics, PENDING};
 use super::transport;
 use crate::broker::{Answer, Joined, Joiner, Position, Unavailable};
+use crate::protocol::frame::MAX_HEADER_LEN;
 use crate::protocol::{close, encode, DecoderConfig, OpCode, ProtocolError, Role};
+
+/// Replies at least this large go straight to the socket when nothing is
+/// queued before them: one `writev` of header and payload instead of a copy
+/// of the payload into a buffer (at this size a write per message costs
+/// less than the copy, and the end-of-turn flush would write it anyway).
+const WRITE_THROUGH_MIN: usize = 16 << 10;
 
 /// Everything of a worker except the application: connections, topics,
 /// timers, queues, counters. Callbacks reach it through [`Context`].
@@ -323,6 +331,25 @@ impl Core {
             let (conns, dz, mut q) = self.deflate_queues();
             if let Some(c) = conns.get_mut(key) {
                 return compress::push_one(c, key, op, payload, Cause::Reply, dz, &mut q);
+            }
+        }
+        if payload.len() >= WRITE_THROUGH_MIN {
+            if let Some(c) = self.conns.get_mut(key).filter(|c| c.out.is_empty()) {
+                // Nothing queued before it: header and payload straight to
+                // the socket, without copying the payload into a buffer.
+                let mut head = [0u8; MAX_HEADER_LEN];
+                let h = encode::frame_header(&mut head, op, payload.len());
+                let parts = [IoSlice::new(&head[..h]), IoSlice::new(payload)];
+                let n = transport::write_through(c, &parts);
+                self.stats.bytes_out_total += n as u64;
+                if n == h + payload.len() {
+                    return Queued::Ok;
+                }
+                // The socket took part of it: the rest is queued.
+                return self.queue_raw(key, Cause::Reply, |v| {
+                    v.extend_from_slice(&head[n.min(h)..h]);
+                    v.extend_from_slice(&payload[n.saturating_sub(h)..]);
+                });
             }
         }
         self.queue_raw(key, Cause::Reply, |v| encode::frame_into(v, op, payload))

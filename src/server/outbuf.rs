@@ -136,7 +136,7 @@ pub(crate) enum Flushed {
 }
 
 impl OutQueue {
-    #[cfg(test)]
+    /// Nothing left to send.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

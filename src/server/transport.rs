@@ -2,7 +2,7 @@
 //! when the server has a certificate. The worker reads and writes only
 //! through these two functions.
 
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read, Write};
 
 use super::conn::Conn;
 use super::outbuf::{BufPool, Flushed};
@@ -44,6 +44,25 @@ pub(crate) fn write(c: &mut Conn, pool: &mut BufPool) -> io::Result<(usize, Flus
         return Ok((n, flushed));
     }
     c.out.write_to(&mut c.stream, pool)
+}
+
+/// Write `parts` straight to the socket, ahead of the queue (which must be
+/// empty); returns the bytes the socket took. Under TLS nothing is written
+/// (0): its records are built in its own buffers anyway, so the message is
+/// queued as usual. An error also answers 0, and the next flush meets it.
+pub(crate) fn write_through(c: &mut Conn, parts: &[IoSlice<'_>]) -> usize {
+    debug_assert!(c.out.is_empty(), "write-through behind queued bytes");
+    #[cfg(feature = "tls")]
+    if c.tls.is_some() {
+        return 0;
+    }
+    loop {
+        match c.stream.write_vectored(parts) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return 0,
+        }
+    }
 }
 
 /// Whether TLS has bytes of its own to send (handshake, alerts).
