@@ -534,17 +534,22 @@ impl Worker {
             0
         };
         let mut tick = 0u64;
+        // At a fixed rate every publication scheduled before the deadline is
+        // sent, even when this thread got its core back only after it (a
+        // loaded machine): `--rate R -d D` publishes R × D.
+        let due = |tick: u64, tick_ns: u64, now: u64| {
+            let at = go + tick * tick_ns;
+            at <= now && at < deadline
+        };
         loop {
             let now = now_ns();
-            if now >= deadline {
-                break;
-            }
+            let ended = now >= deadline;
             let mut timeout = Duration::from_millis(5);
             if let Some(h) = self.http.as_mut().filter(|h| !h.dead) {
                 if cfg.rate > 0.0 {
                     let tick_ns = (1e9 / cfg.rate).max(1.0) as u64;
                     let mut burst = 0;
-                    while go + tick * tick_ns <= now && burst < 10_000 {
+                    while due(tick, tick_ns, now) && burst < 10_000 {
                         h.queue(&mut self.cx, now);
                         tick += 1;
                         burst += 1;
@@ -554,7 +559,7 @@ impl Worker {
                     }
                     let next = go + tick * tick_ns;
                     timeout = Duration::from_nanos(next.saturating_sub(now_ns()).min(5_000_000));
-                } else {
+                } else if !ended {
                     let done = self.cx.sh.completed[0].load(Acquire);
                     let mut queued = false;
                     while h.sent - done.min(h.sent) < cfg.window {
@@ -570,7 +575,7 @@ impl Worker {
             if cfg.mode == Mode::Broadcast && kl > 0 {
                 if tick_ns > 0 {
                     let mut burst = 0;
-                    while go + tick * tick_ns <= now && burst < 10_000 {
+                    while due(tick, tick_ns, now) && burst < 10_000 {
                         let i = self.pubs[(tick % kl) as usize];
                         let c = &mut self.conns[i];
                         if c.st == St::Open {
@@ -582,7 +587,7 @@ impl Worker {
                     }
                     let next = go + tick * tick_ns;
                     timeout = Duration::from_nanos(next.saturating_sub(now_ns()).min(5_000_000));
-                } else {
+                } else if !ended {
                     let w = cfg.window;
                     for &i in &self.pubs {
                         let c = &mut self.conns[i];
@@ -602,6 +607,9 @@ impl Worker {
                     // Completions may come from other threads' subscribers.
                     timeout = Duration::from_millis(1);
                 }
+            }
+            if ended {
+                break;
             }
             let left = Duration::from_nanos(deadline.saturating_sub(now_ns()));
             self.turn(Some(timeout.min(left)));

@@ -286,7 +286,8 @@ const cases = {
   async rate_limit() {
     const a = client(), b = client();
     const ca = a.subscribe("private-r"), cb = b.subscribe("private-r");
-    await subscribed(ca); await subscribed(cb);
+    const sa = subscribed(ca), sb = subscribed(cb);
+    await sa; await sb;
     let got = 0, refused = 0;
     cb.bind("client-n", () => got++);
     a.connection.bind("error", (e) => { if (e.data && e.data.code === 4301) refused++; });
