@@ -96,6 +96,16 @@ pub(crate) enum Queued {
     Dropped,
 }
 
+/// Connection `key`'s subscription to topic `id` now sits at `pos` in the
+/// topic's lists (as `Topics::deliver`, `reset` and `unsubscribe` say).
+pub(super) fn moved(conns: &Slab<Conn>, subs: &mut SubLists, id: u32, key: usize, pos: u32) {
+    if let Some(c) = conns.get(key) {
+        if let Some(s) = subs.get_mut(c.subs).iter_mut().find(|s| s.topic == id) {
+            s.pos = pos;
+        }
+    }
+}
+
 /// Queue a shared frame on an open connection (a push) and mark it for the flush.
 #[inline]
 pub(super) fn push_frame(c: &mut Conn, key: usize, f: &LocalFrame, q: &mut Queues<'_>) -> Queued {
@@ -492,11 +502,7 @@ impl Core {
         let (conns, subs) = (&self.conns, &mut self.subs);
         self.topics
             .reset(id, position.seq, position.epoch.0, |key, pos| {
-                if let Some(c) = conns.get(key) {
-                    if let Some(s) = subs.get_mut(c.subs).iter_mut().find(|s| s.topic == id) {
-                        s.pos = pos;
-                    }
-                }
+                moved(conns, subs, id, key, pos)
             });
         self.topics.members(id)
     }
@@ -625,17 +631,8 @@ impl Core {
 
     /// Remove a subscription from its topic only (the broker is not told).
     fn forget_sub(&mut self, sub: Sub) {
-        if let Some((moved, pos)) = self.topics.unsubscribe(sub) {
-            if let Some(mc) = self.conns.get(moved) {
-                for s in self
-                    .subs
-                    .get_mut(mc.subs)
-                    .iter_mut()
-                    .filter(|s| s.topic == sub.topic)
-                {
-                    s.pos = pos;
-                }
-            }
+        if let Some((key, pos)) = self.topics.unsubscribe(sub) {
+            moved(&self.conns, &mut self.subs, sub.topic, key, pos);
         }
     }
 

@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::compress;
-use super::core::{push_frame, Core, Queued, Queues};
+use super::core::{moved, push_frame, Core, Queued, Queues};
 use super::handler::CloseReason;
 use super::outbuf::{LocalFrame, OWNED_CHUNK};
 use crate::broker::Publication;
@@ -163,22 +163,25 @@ impl Core {
         // list (at its end) before it is delivered: publication j reaches
         // the first `reach` subscribers.
         for (j, p) in run.pubs.iter().enumerate() {
-            let (conns, subs) = (&self.conns, &mut self.subs);
-            let current = self.topics.deliver(id, p.seq, p.epoch.0, |key, pos| {
-                if let Some(c) = conns.get(key) {
-                    if let Some(s) = subs.get_mut(c.subs).iter_mut().find(|s| s.topic == id) {
-                        s.pos = pos;
-                    }
-                }
-            });
-            if current {
+            if self.enter(id, p) {
                 run.live.push((j, self.topics.subscribers(id).len()));
             }
         }
-        if run.live.is_empty() {
-            return;
+        if !run.live.is_empty() {
+            let skip = first.exclude.and_then(|id| self.lookup(id));
+            self.fan_out(run, Some((id, skip)));
         }
-        let skip = first.exclude.and_then(|id| self.lookup(id));
+    }
+
+    fn broadcast_run(&mut self, run: &mut Run) {
+        run.live
+            .extend((0..run.pubs.len()).map(|j| (j, usize::MAX)));
+        self.fan_out(run, None);
+    }
+
+    /// Queue the run on the subscribers of `topic` but the excluded one, or
+    /// (`None`) on every connection.
+    fn fan_out(&mut self, run: &Run, topic: Option<(u32, Option<usize>)>) {
         let mut frames = Frames {
             whole: whole(&run.pubs, &run.live),
             run: &run.pubs,
@@ -186,14 +189,19 @@ impl Core {
             single: Vec::new(),
             deflated: Vec::new(),
         };
-        let conns = &mut self.conns;
         let mut q = Queues {
             dirty: &mut self.dirty,
             pool: &mut self.pool,
             stats: &mut self.stats,
             max_buffered: self.cfg.max_buffered,
         };
-        let dz = &mut self.deflate;
+        let (conns, dz) = (&mut self.conns, &mut self.deflate);
+        let Some((id, skip)) = topic else {
+            for (key, c) in conns.iter_mut() {
+                frames.push(c, key, 0, dz, &mut q);
+            }
+            return;
+        };
         for (i, &key) in self.topics.subscribers(id).iter().enumerate() {
             let key = key as usize;
             if skip == Some(key) {
@@ -205,26 +213,13 @@ impl Core {
         }
     }
 
-    fn broadcast_run(&mut self, run: &mut Run) {
-        run.live
-            .extend((0..run.pubs.len()).map(|j| (j, usize::MAX)));
-        let mut frames = Frames {
-            whole: whole(&run.pubs, &run.live),
-            run: &run.pubs,
-            live: &run.live,
-            single: Vec::new(),
-            deflated: Vec::new(),
-        };
-        let mut q = Queues {
-            dirty: &mut self.dirty,
-            pool: &mut self.pool,
-            stats: &mut self.stats,
-            max_buffered: self.cfg.max_buffered,
-        };
-        let dz = &mut self.deflate;
-        for (key, c) in self.conns.iter_mut() {
-            frames.push(c, key, 0, dz, &mut q);
-        }
+    /// Publication `p` of topic `id` is about to be delivered: joiners it
+    /// passes enter. False if it belongs to another stream than the topic's.
+    fn enter(&mut self, id: u32, p: &Publication) -> bool {
+        let (conns, subs) = (&self.conns, &mut self.subs);
+        self.topics.deliver(id, p.seq, p.epoch.0, |key, pos| {
+            moved(conns, subs, id, key, pos)
+        })
     }
 
     /// A close frame published on a topic closes its subscribers.
@@ -233,14 +228,7 @@ impl Core {
         let Some(id) = self.topics.id(&p.channel) else {
             return;
         };
-        let (conns, subs) = (&self.conns, &mut self.subs);
-        let current = self.topics.deliver(id, p.seq, p.epoch.0, |key, pos| {
-            if let Some(c) = conns.get(key) {
-                if let Some(s) = subs.get_mut(c.subs).iter_mut().find(|s| s.topic == id) {
-                    s.pos = pos;
-                }
-            }
-        });
+        let current = self.enter(id, p);
         let Some((code, reason)) = p.frame().as_close().filter(|_| current) else {
             return;
         };
