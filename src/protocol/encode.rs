@@ -80,15 +80,8 @@ pub fn shared(opcode: OpCode, payload: &[u8]) -> Arc<[u8]> {
     // One allocation, written in place: building a Vec and converting it
     // would allocate twice and copy the payload twice (the Arc needs its
     // counts in front of the bytes).
-    let h = FrameHeader {
-        fin: true,
-        rsv: 0,
-        opcode,
-        mask: None,
-        len: payload.len() as u64,
-    };
     let mut hb = [0u8; MAX_HEADER_LEN];
-    let n = h.write(&mut hb);
+    let n = frame_header(&mut hb, opcode, payload.len());
     let total = n + payload.len();
     let mut arc: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
     match Arc::get_mut(&mut arc) {

@@ -253,13 +253,21 @@ fn whole(pubs: &[Arc<Publication>], live: &[(usize, usize)]) -> LocalFrame {
     if let [(j, _)] = live {
         return Rc::new(pubs[*j].frame().clone().into_shared());
     }
+    // One exact-size allocation written in place (as `encode::shared`
+    // does): a Vec converted to an `Arc` would allocate and copy twice.
     let len = live
         .iter()
         .map(|&(j, _)| pubs[j].frame().bytes().len())
         .sum();
-    let mut v = Vec::with_capacity(len);
-    for &(j, _) in live {
-        v.extend_from_slice(pubs[j].frame().bytes());
+    let mut arc: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+    // Always `Some`: the Arc was just created and has no other owner.
+    if let Some(buf) = Arc::get_mut(&mut arc) {
+        let mut at = 0;
+        for &(j, _) in live {
+            let f = pubs[j].frame().bytes();
+            buf[at..at + f.len()].copy_from_slice(f);
+            at += f.len();
+        }
     }
-    Rc::new(Arc::from(v))
+    Rc::new(arc)
 }
